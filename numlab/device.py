@@ -1,0 +1,95 @@
+"""The one place that picks cuda, then mps, then cpu, and knows what each can do."""
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("auto", "cuda", "mps", "cpu")
+
+
+def available() -> list[str]:
+    """Device kinds usable in this process, best first."""
+    kinds = []
+    if torch.cuda.is_available():
+        kinds.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        kinds.append("mps")
+    kinds.append("cpu")
+    return kinds
+
+
+def pick(device: str | torch.device = "auto") -> torch.device:
+    """Resolve ``"auto"`` to the best device; refuse (never silently replace) one that is absent."""
+    if isinstance(device, torch.device):
+        device = device.type
+    if not isinstance(device, str) or device.split(":")[0] not in KINDS:
+        raise ValueError(f"device must be one of {KINDS} (or a torch.device), got {device!r}")
+    if device == "auto":
+        return torch.device(available()[0])
+    if device.split(":")[0] not in available():
+        raise ValueError(
+            f"device={device!r} was asked for but is not available here; "
+            f"available: {available()}. Pass device='auto' to use {available()[0]!r}."
+        )
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What mixed precision can do on one device, found by trying it."""
+
+    device: str
+    autocast_fp16: bool
+    autocast_bf16: bool
+    grad_scaler: bool
+
+    def __repr__(self):
+        yes = {True: "yes", False: "no"}
+        return (
+            f"Capabilities({self.device}: autocast fp16 {yes[self.autocast_fp16]}, "
+            f"autocast bf16 {yes[self.autocast_bf16]}, GradScaler {yes[self.grad_scaler]})"
+        )
+
+
+def _autocast_works(kind: str, dtype: torch.dtype) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a warning means autocast quietly disabled itself
+            layer = torch.nn.Linear(4, 4).to(kind)
+            with torch.autocast(kind, dtype=dtype):
+                out = layer(torch.ones(2, 4, device=kind))
+            out.float().sum().backward()
+        return out.dtype == dtype
+    except (RuntimeError, UserWarning, TypeError, AssertionError):
+        return False
+
+
+def _grad_scaler_works(kind: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            layer = torch.nn.Linear(4, 1).to(kind)
+            opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+            scaler = torch.amp.GradScaler(kind, init_scale=2.0**4)
+            scaler.scale(layer(torch.ones(2, 4, device=kind)).sum()).backward()
+            scaler.step(opt)
+            scaler.update()
+        return scaler.is_enabled() and scaler.get_scale() == 2.0**4
+    except (RuntimeError, UserWarning, TypeError, AssertionError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def capabilities(device: str | torch.device = "auto") -> Capabilities:
+    """Try fp16/bf16 autocast and ``torch.amp.GradScaler`` on ``device`` (cached)."""
+    kind = pick(device).type
+    return Capabilities(
+        device=kind,
+        autocast_fp16=_autocast_works(kind, torch.float16),
+        autocast_bf16=_autocast_works(kind, torch.bfloat16),
+        grad_scaler=_grad_scaler_works(kind),
+    )

@@ -1,0 +1,125 @@
+"""The widget pattern every ``explore_*`` follows.
+
+An :class:`Explorer` owns a dict of controls, one figure whose artists are created once
+(:meth:`setup`) and then only updated (:meth:`draw`), and two visible outputs: a status
+line and an error box. Each control change runs :meth:`compute` (which calls the compute
+layer), then :meth:`draw`, then renders the figure to PNG into an ``ipywidgets.Image``.
+Errors raised by a callback are shown in the error box (JupyterLab would otherwise swallow
+them) and kept in ``.error``; the latest good result is ``.result``.
+"""
+from __future__ import annotations
+
+import io
+import time
+import traceback
+
+import ipywidgets as widgets
+import matplotlib as mpl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# Readable on a projector at the back of a room; used for every figure numlab draws.
+STYLE = {
+    "font.size": 13,
+    "axes.titlesize": 14,
+    "axes.labelsize": 13,
+    "legend.fontsize": 11,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "lines.linewidth": 2.0,
+    "figure.dpi": 100,
+}
+
+
+def new_figure(figsize=(9, 4), **kwargs) -> Figure:
+    """A pyplot-free figure with an Agg canvas and numlab's style (for static plots too)."""
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=figsize, layout="constrained", **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+class Explorer(widgets.VBox):
+    """Base class: subclasses define ``setup(fig)``, ``compute(**values)`` and ``draw(result)``."""
+
+    figsize = (9, 4)
+
+    def __init__(self, controls: dict[str, widgets.Widget], figsize=None):
+        self.controls = controls
+        self.result = None
+        self.error: BaseException | None = None
+        self.last_update_s = float("nan")
+        self.fig = new_figure(figsize or self.figsize)
+        self.image = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="1100px"))
+        self.status = widgets.HTML(layout=widgets.Layout(min_height="1.6em"))
+        self.errors = widgets.Output(layout=widgets.Layout(border="0px"))
+        with mpl.rc_context(STYLE):
+            self.setup(self.fig)
+        box = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([box, self.image, self.status, self.errors])
+        self.add_class("numlab-explorer")
+        for control in controls.values():
+            control.observe(self._on_change, names="value")
+        self.update()
+
+    # --- what subclasses provide -------------------------------------------------------
+    def setup(self, fig: Figure) -> None:
+        """Create axes and every artist once."""
+        raise NotImplementedError
+
+    def compute(self, **values):
+        """Call the compute layer for the current control values; return its result."""
+        raise NotImplementedError
+
+    def draw(self, result) -> str | None:
+        """Update the artists from ``result``; may return an HTML status line."""
+        raise NotImplementedError
+
+    # --- the machinery -------------------------------------------------------------------
+    @property
+    def values(self) -> dict:
+        return {name: control.value for name, control in self.controls.items()}
+
+    def _on_change(self, _change) -> None:
+        self.update()
+
+    def update(self) -> None:
+        """Recompute, redraw and re-render; on error keep the old figure and show why."""
+        start = time.perf_counter()
+        try:
+            result = self.compute(**self.values)
+            with mpl.rc_context(STYLE):
+                status = self.draw(result)
+            self.image.value = self.render_png()
+        except Exception as err:  # shown to the reader, never swallowed
+            self.error = err
+            self.errors.outputs = ()
+            self.errors.append_stderr(_short_traceback(err))
+            self.status.value = f"<b style='color:#c00'>Error: {type(err).__name__}: {err}</b>"
+        else:
+            self.error = None
+            self.result = result
+            self.errors.outputs = ()
+            self.status.value = status or ""
+        self.last_update_s = time.perf_counter() - start
+
+    def render_png(self) -> bytes:
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def _repr_mimebundle_(self, **kwargs):
+        # The live widget for JupyterLab/Voila, plus a static PNG of the current figure so a
+        # notebook committed with outputs shows the figure on GitHub and nbviewer.
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if data is not None:
+            import base64
+
+            data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        return bundle
+
+
+def _short_traceback(err: BaseException) -> str:
+    lines = traceback.format_exception(type(err), err, err.__traceback__)
+    return "".join(lines[-4:])
