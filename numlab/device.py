@@ -83,7 +83,7 @@ def _grad_scaler_works(kind: str) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def capabilities(device: str | torch.device = "auto") -> Capabilities:
     """Try fp16/bf16 autocast and ``torch.amp.GradScaler`` on ``device`` (cached)."""
     kind = pick(device).type

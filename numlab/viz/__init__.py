@@ -5,6 +5,6 @@ import them. Figures are plain ``matplotlib.figure.Figure`` objects rendered wit
 the widgets work the same in JupyterLab, Voila, nbval and headless tests, with no
 ``%matplotlib`` magic and no pyplot state.
 """
-from numlab.viz._explorer import Explorer, STYLE, new_figure
+from numlab.viz._explorer import STYLE, Explorer, new_figure
 
 __all__ = ["Explorer", "STYLE", "new_figure"]
