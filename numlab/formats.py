@@ -200,10 +200,11 @@ def round_to(x, dtype: torch.dtype | str):
     """
     dtype = resolve_dtype(dtype)
     scalar = not isinstance(x, torch.Tensor)
-    x64 = torch.as_tensor(x, dtype=torch.float64) if scalar else x
-    if isinstance(x, bool) or not (x64.is_floating_point() or not x64.is_complex()):
-        raise TypeError(f"x must be a real number or a real tensor, got {x!r}")
-    x64 = x64.to(torch.float64)
+    if isinstance(x, bool) or not isinstance(x, int | float | torch.Tensor) or (
+        not scalar and (x.is_complex() or x.dtype == torch.bool)
+    ):
+        raise TypeError(f"x must be a real number or a real tensor, got {type(x).__name__}")
+    x64 = torch.as_tensor(x, dtype=torch.float64) if scalar else x.to(torch.float64)
     if dtype == torch.float64:
         return float(x64) if scalar else x64.clone()
     _, max_pattern, largest, has_inf = _limits(dtype)
@@ -235,7 +236,7 @@ def neighbors(x: float, dtype: torch.dtype | str) -> tuple[float, float]:
         return (fmt.max, math.inf) if stored > 0 else (-math.inf, -fmt.max)
     p = _pattern(abs(stored), fmt.dtype)
     down = _value(p - 1, fmt.dtype) if p > 0 else -_value(1, fmt.dtype)
-    up = _value(p + 1, fmt.dtype)
+    up = _value(p + 1, fmt.dtype) if abs(stored) < fmt.max else math.inf  # past max: overflow
     if stored < 0 or (stored == 0 and math.copysign(1, stored) < 0):
         return -up, -down
     return down, up
