@@ -1,7 +1,7 @@
 """Self-check for the notebooks' exercises.
 
 ``check("00.1", answer)`` compares a reader's answer with the value the library computes
-for that exercise, prints a verdict and returns a truthy/falsy :class:`Verdict`. The
+for that exercise and returns a truthy/falsy :class:`Verdict` that displays itself. The
 expected value is never shown on a wrong answer; a hint is. Each notebook's exercises
 live in ``numlab/exercises/nbNN.py`` as a dict ``EXERCISES`` of :class:`Exercise`.
 """
@@ -67,7 +67,7 @@ def _matches(answer, expected, rtol: float) -> bool:
 
 
 def check(exercise: str, answer) -> Verdict:
-    """Check ``answer`` for ``exercise`` (e.g. ``"00.1"``); prints and returns a Verdict."""
+    """Check ``answer`` for ``exercise`` (e.g. ``"00.1"``); the Verdict shows itself in a notebook."""
     if not isinstance(exercise, str) or "." not in exercise:
         raise ValueError(f"exercise must look like '00.1', got {exercise!r}")
     table = exercises(exercise.split(".")[0])
@@ -82,6 +82,4 @@ def check(exercise: str, answer) -> Verdict:
         message = f"✓ {exercise}: correct."
     else:
         message = f"✗ {exercise}: not yet ({answer!r})." + (f" Hint: {item.hint}" if item.hint else "")
-    verdict = Verdict(exercise, ok, message)
-    print(message)
-    return verdict
+    return Verdict(exercise, ok, message)

@@ -31,10 +31,19 @@ STYLE = {
 }
 
 
-def new_figure(figsize=(9, 4), **kwargs) -> Figure:
+class NotebookFigure(Figure):
+    """A Figure that shows itself as a PNG when it ends a notebook cell (no pyplot needed)."""
+
+    def _repr_png_(self):
+        buf = io.BytesIO()
+        self.savefig(buf, format="png")
+        return buf.getvalue()
+
+
+def new_figure(figsize=(9, 4), **kwargs) -> NotebookFigure:
     """A pyplot-free figure with an Agg canvas and numlab's style (for static plots too)."""
     with mpl.rc_context(STYLE):
-        fig = Figure(figsize=figsize, layout="constrained", **kwargs)
+        fig = NotebookFigure(figsize=figsize, layout="constrained", **kwargs)
     FigureCanvasAgg(fig)
     return fig
 
@@ -104,9 +113,7 @@ class Explorer(widgets.VBox):
         self.last_update_s = time.perf_counter() - start
 
     def render_png(self) -> bytes:
-        buf = io.BytesIO()
-        self.fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return self.fig._repr_png_()
 
     def _repr_mimebundle_(self, **kwargs):
         # The live widget for JupyterLab/Voila, plus a static PNG of the current figure so a
