@@ -186,7 +186,7 @@ def train(
     backoff_factor: float = 0.5,
     growth_interval: int = 2000,
     overflow_at: Iterable[int] = (),
-    lr: float = 0.5,
+    lr: float = 0.2,
     threads: int | None = 1,
     progress=None,
 ) -> TrainingRun:
