@@ -158,10 +158,12 @@ def bce_naive(z, target, reduction: str = "mean") -> torch.Tensor:
 
 
 def bce_stable(z, target, reduction: str = "mean") -> torch.Tensor:
-    """softplus(z) - t z, with the stable softplus (``F.binary_cross_entropy_with_logits``)."""
+    """softplus(z) - t z = (max(z, 0) - t z) + log1p(exp(-|z|)) (``F.binary_cross_entropy_with_logits``)."""
     z, t = _check_binary(z, target)
     # -log s = softplus(-z) and -log(1-s) = softplus(z); their t-mix is softplus(z) - t z.
-    return _reduce(softplus_stable(z) - t * z, reduction)
+    # The bracket comes first: for t in {0, 1} it is exact (0 or |z|), so the small
+    # log1p term is not lost against a large z.
+    return _reduce((torch.clamp(z, min=0) - t * z) + torch.log1p(torch.exp(-z.abs())), reduction)
 
 
 # --- where the naive forms break ---------------------------------------------------------
