@@ -87,9 +87,13 @@ def _point(x, dtype: torch.dtype | None, device=None) -> torch.Tensor:
 
 def _steps(h, dtype: torch.dtype, device) -> torch.Tensor:
     """Step sizes as a 1-D tensor in ``dtype``; refuses h <= 0, non-finite, or lost in dtype."""
-    if isinstance(h, bool) or not isinstance(h, int | float | Sequence | torch.Tensor):
-        raise TypeError(f"h must be a positive number or a 1-D sequence/tensor of them, got {type(h)}")
-    h64 = torch.as_tensor(h, dtype=torch.float64).detach().reshape(-1).cpu()
+    bad = TypeError(f"h must be a positive number or a 1-D sequence/tensor of them, got {h!r:.40}")
+    if isinstance(h, bool | str) or not isinstance(h, int | float | Sequence | torch.Tensor):
+        raise bad
+    try:
+        h64 = torch.as_tensor(h, dtype=torch.float64).detach().reshape(-1).cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise bad from None
     if h64.numel() == 0:
         raise ValueError("h must contain at least one step size")
     if not torch.isfinite(h64).all() or (h64 <= 0).any():
