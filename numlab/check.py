@@ -52,14 +52,20 @@ def _matches(answer, expected, rtol: float) -> bool:
     if isinstance(expected, bool) or isinstance(expected, str):
         return answer == expected
     if isinstance(expected, int | float):
-        if isinstance(answer, bool) or not isinstance(answer, int | float):
+        if isinstance(answer, bool):
+            return False
+        try:
             answer = float(answer)  # tensors, numpy scalars
+        except (TypeError, ValueError):
+            return False
         if math.isnan(expected):
             return math.isnan(answer)
         if math.isinf(expected):
             return answer == expected
         return math.isclose(answer, expected, rel_tol=rtol, abs_tol=0.0)
     if isinstance(expected, tuple | list):
+        if not isinstance(answer, tuple | list):
+            return False
         return len(answer) == len(expected) and all(
             _matches(a, e, rtol) for a, e in zip(answer, expected, strict=True)
         )
@@ -74,10 +80,7 @@ def check(exercise: str, answer) -> Verdict:
     if exercise not in table:
         raise ValueError(f"unknown exercise {exercise!r}; this notebook has {sorted(table)}")
     item = table[exercise]
-    try:
-        ok = _matches(answer, item.expected(), item.rtol)
-    except (TypeError, ValueError):
-        ok = False
+    ok = _matches(answer, item.expected(), item.rtol)
     if ok:
         message = f"✓ {exercise}: correct."
     else:

@@ -24,7 +24,7 @@ NOTEBOOKS = ROOT / "notebooks"
 def noisy_outputs(nb) -> list[str]:
     """Stderr streams and errors left in a notebook's outputs, as short strings."""
     found = []
-    for index, cell in enumerate(nb.cells):
+    for index, cell in enumerate(nb["cells"]):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 found.append(f"cell {index}: {out['ename']}: {out['evalue']}")

@@ -36,7 +36,8 @@ class NotebookFigure(Figure):
 
     def _repr_png_(self):
         buf = io.BytesIO()
-        self.savefig(buf, format="png")
+        # Fast PNG compression: the image only travels to the browser next door.
+        self.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
         return buf.getvalue()
 
 
@@ -52,6 +53,7 @@ class Explorer(widgets.VBox):
     """Base class: subclasses define ``setup(fig)``, ``compute(**values)`` and ``draw(result)``."""
 
     figsize = (9, 4)
+    slow = False  # True for widgets that train or launch processes on each change
 
     def __init__(self, controls: dict[str, widgets.Widget], figsize=None):
         self.controls = controls

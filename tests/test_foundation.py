@@ -1,0 +1,164 @@
+"""The project's own machinery: device picking, doctor, check, packaging, import cost."""
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from numlab import check as check_mod
+from numlab import device
+from numlab.__main__ import doctor
+from numlab.check import Exercise, check, exercises
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+# --- device ------------------------------------------------------------------------------
+def test_auto_picks_the_best_available_and_cpu_is_always_there():
+    kinds = device.available()
+    assert kinds[-1] == "cpu"
+    assert device.pick("auto").type == kinds[0]
+    assert device.pick(torch.device("cpu")).type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_an_absent_gpu_is_refused_with_the_way_out():
+    with pytest.raises(ValueError, match=r"device='cuda'.*not available.*device='auto'"):
+        device.pick("cuda")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "tpu", 3, None])
+def test_unknown_device_names_the_argument(bad):
+    with pytest.raises(ValueError, match="device must be one of"):
+        device.pick(bad)
+
+
+def test_capabilities_on_cpu_are_found_by_trying():
+    caps = device.capabilities("cpu")
+    # torch >= 2.3 supports both autocast dtypes and GradScaler("cpu") on CPU (STACK-NOTES).
+    assert caps.autocast_bf16 and caps.autocast_fp16 and caps.grad_scaler
+    assert "GradScaler yes" in repr(caps)
+
+
+def test_doctor_reports_versions_and_device():
+    text = doctor()
+    assert f"torch       {torch.__version__}" in text
+    assert "numlab uses: " + device.pick().type in text
+    for name in ("ipywidgets", "jupyterlab", "matplotlib", "python"):
+        assert re.search(rf"^{name}\s+\S", text, re.M)
+    out = subprocess.run([sys.executable, "-m", "numlab", "doctor"], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    assert "GradScaler" in out.stdout and out.stderr == ""
+
+
+# --- import cost ---------------------------------------------------------------------------
+def test_import_numlab_pulls_in_no_plotting_or_widgets():
+    code = ("import sys, numlab, numlab.formats, numlab.device, numlab.check; "
+            "print(sorted(m for m in ('matplotlib', 'ipywidgets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lazy_submodules_and_a_clear_error_for_typos():
+    import numlab
+
+    assert numlab.formats.info("fp16").bits == 16
+    with pytest.raises(AttributeError, match="no attribute 'fromats'"):
+        numlab.fromats  # noqa: B018
+
+
+# --- check ---------------------------------------------------------------------------------
+def test_check_accepts_the_computed_answer_and_rejects_others():
+    good = check("00.2", 2**24)
+    assert good and "correct" in repr(good)
+    bad = check("00.2", 2**23)
+    assert not bad and "Hint" in repr(bad) and str(2**24) not in repr(bad)
+
+
+def test_check_compares_floats_within_rtol_and_handles_non_numbers():
+    table = {"99.1": Exercise("p", expected=lambda: 1.0, rtol=1e-3)}
+    assert check_mod._matches(1.0005, 1.0, 1e-3) and not check_mod._matches(1.01, 1.0, 1e-3)
+    assert check_mod._matches(torch.tensor(2.0), 2.0, 0) and not check_mod._matches("x", 2.0, 0)
+    assert not check("00.2", "a string") and not check("00.2", True)
+    assert table["99.1"].expected() == 1.0
+
+
+@pytest.mark.parametrize("bad,match", [("001", "look like"), ("7.1", "two-digit"), ("42.1", "no exercises"),
+                                       ("00.9", "unknown exercise")])
+def test_check_bad_ids(bad, match):
+    with pytest.raises(ValueError, match=match):
+        check(bad, 1)
+
+
+def test_every_notebook_with_exercises_has_solutions_that_compute():
+    for module in sorted((ROOT / "numlab" / "exercises").glob("nb*.py")):
+        nn = module.stem[2:]
+        table = exercises(nn)
+        assert table, f"{module} has no exercises"
+        for item in table.values():
+            item.expected()  # each expected value is computed, and computing it works
+        assert list((ROOT / "notebooks" / "solutions").glob(f"{nn}_*_solutions.ipynb")), nn
+
+
+# --- packaging -----------------------------------------------------------------------------
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!\[;]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+CONDA_NAMES = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
+
+
+def test_environment_yml_and_pyproject_name_the_same_packages():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_names = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = lines.index("dependencies:")
+    conda = [ln.strip()[2:] for ln in lines[start + 1:] if ln.strip().startswith("- ")]
+    conda_names = {CONDA_NAMES.get(_name(c), _name(c)) for c in conda} - {"python", "pip"}
+    assert conda_names == pip_names
+
+
+def test_environment_yml_bounds_match_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = (ROOT / "environment.yml").read_text()
+    for req in reqs:
+        bound = req[len(_name(req)):]
+        assert bound in env, f"{req}: bound {bound!r} missing from environment.yml"
+
+
+def test_torch_pinned_for_installs_and_cpu_on_conda():
+    assert "torch==" in (ROOT / "constraints.txt").read_text()
+    assert 'build="cpu*"' in (ROOT / "environment.yml").read_text()
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_readme_names_the_two_commands_and_ci_calls_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    assert "make lab" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_jupyter_settings_turn_off_news(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "tools" / "jupyter_settings.py"), str(tmp_path)], check=True)
+    data = json.loads((tmp_path / "share/jupyter/lab/settings/overrides.json").read_text())
+    assert data["@jupyterlab/apputils-extension:notification"]["checkForUpdates"] is False
+
+
+def test_notebook_runner_flags_stderr_and_errors():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from run_notebooks import noisy_outputs
+
+    nb = {"cells": [{"outputs": [{"output_type": "stream", "name": "stderr", "text": "UserWarning: x"}]},
+                    {"outputs": [{"output_type": "error", "ename": "ValueError", "evalue": "bad"}]},
+                    {"outputs": [{"output_type": "stream", "name": "stdout", "text": "fine"}]}]}
+    found = noisy_outputs(nb)
+    assert len(found) == 2 and "UserWarning" in found[0] and "ValueError" in found[1]
