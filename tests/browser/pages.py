@@ -1,0 +1,143 @@
+"""What the browser tests look for on a page, shared by the JupyterLab and Voila tests."""
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+import re
+from urllib.parse import urlparse
+
+STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_FAILURES = ("Error displaying widget", "Loading widget...", "Failed to load model class")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+# The bytes behind an <img>'s src (a blob: URL for ipywidgets.Image), base64-encoded.
+_IMAGE_BYTES_JS = """async (img) => {
+    const buf = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+    let s = "";
+    for (let i = 0; i < buf.length; i += 0x8000) {
+        s += String.fromCharCode.apply(null, buf.subarray(i, i + 0x8000));
+    }
+    return btoa(s);
+}"""
+
+
+# Chromium resolves no host name but this machine's: the notebooks must work offline and in
+# lecture mode without a CDN, so a page that needs one fails its test instead of fetching it.
+# (A resolver rule, not a playwright route: routes are served by the Python side only while
+# it is inside a playwright call, which would stall the page whenever a test polls a server.)
+OFFLINE_ARGS = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
+
+
+def record_external(context) -> list[str]:
+    """Record every request that tried to leave this machine (they fail: see OFFLINE_ARGS)."""
+    external: list[str] = []
+
+    def seen(request):
+        url = request.url
+        if not url.startswith(("data:", "blob:")) and urlparse(url).hostname not in LOCAL_HOSTS:
+            external.append(url)
+
+    context.on("request", seen)
+    return external
+
+
+def image_bytes(img) -> bytes:
+    """PNG bytes the browser shows in ``img`` (a Locator of an <img>)."""
+    return base64.b64decode(img.evaluate(_IMAGE_BYTES_JS))
+
+
+def wait_image_loaded(img, timeout_ms: float) -> None:
+    img.page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 0 && img.src",
+        arg=img.element_handle(), timeout=timeout_ms,
+    )
+
+
+def error_texts(page) -> list[str]:
+    """Error and stderr outputs shown anywhere on the page (tracebacks render as stderr)."""
+    return [t.strip()[:1500] for t in page.locator(STDERR).all_inner_texts()]
+
+
+def widget_failures(page) -> list[str]:
+    text = page.locator("body").inner_text()
+    return [marker for marker in WIDGET_FAILURES if marker in text]
+
+
+def code_cells(path: pathlib.Path) -> list[str]:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def markdown_cells(path: pathlib.Path) -> list[str]:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+
+
+def code_lines(path: pathlib.Path, min_len: int = 12) -> list[str]:
+    """Distinctive source lines (code, not comments) that lecture mode must not show."""
+    lines = []
+    for source in code_cells(path):
+        for line in source.splitlines():
+            line = line.strip()
+            if len(line) >= min_len and not line.startswith("#") and re.search(r"[=(]", line):
+                lines.append(line)
+    return lines
+
+
+def interact(explorer) -> str:
+    """Change one control of a numlab Explorer the way a person would; say what was done.
+
+    A slider gets one ArrowRight (ArrowLeft when at its maximum); otherwise an unselected
+    toggle button is clicked, a dropdown set to another option, or a checkbox clicked.
+    """
+    handle = explorer.locator(".noUi-handle")
+    if handle.count():
+        handle = handle.first
+        slider = explorer.locator(".widget-slider").first
+        label = slider.locator(".widget-label").first.inner_text().strip() or "slider"
+        now, top = (handle.get_attribute(a) for a in ("aria-valuenow", "aria-valuemax"))
+        key = "ArrowLeft" if now is not None and top is not None and float(now) >= float(top) \
+            else "ArrowRight"
+        handle.focus()
+        handle.press(key)
+        return f"slider {label!r}: {key}"
+    toggle = explorer.locator(".widget-toggle-buttons button:not(.mod-active)")
+    if toggle.count():
+        text = toggle.first.inner_text().strip()
+        toggle.first.click()
+        return f"toggle button {text!r}"
+    select = explorer.locator(".widget-dropdown select")
+    if select.count():
+        select = select.first
+        current = select.input_value()
+        options = [o for o in select.locator("option").evaluate_all(
+            "(os) => os.map(o => o.value)") if o != current]
+        if options:
+            select.select_option(options[0])
+            return f"dropdown: {current!r} -> {options[0]!r}"
+    checkbox = explorer.locator(".widget-checkbox input, .widget-toggle-button")
+    if checkbox.count():
+        checkbox.first.click()
+        return "checkbox/toggle"
+    raise AssertionError("the main widget has no slider, toggle, dropdown or checkbox to move")
+
+
+def change_and_compare(explorer, timeout_ms: float) -> tuple[str, bytes, bytes]:
+    """Move a control of ``explorer``; wait for its figure to be replaced; return both PNGs."""
+    img = explorer.locator("img.widget-image").first
+    wait_image_loaded(img, timeout_ms)
+    before_src = img.get_attribute("src")
+    before = image_bytes(img)
+    action = interact(explorer)
+    try:
+        img.page.wait_for_function(
+            "([img, old]) => img.src !== old && img.complete && img.naturalWidth > 0",
+            arg=[img.element_handle(), before_src], timeout=timeout_ms,
+        )
+    except Exception as err:  # playwright's TimeoutError: say what was tried
+        raise AssertionError(
+            f"after {action} the figure was not redrawn within {timeout_ms / 1000:.0f} s"
+        ) from err
+    return action, before, image_bytes(img)

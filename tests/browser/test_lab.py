@@ -1,0 +1,154 @@
+"""Every notebook as a reader meets it: JupyterLab in a real Chromium.
+
+For each ``notebooks/NN_*.ipynb``: open it, wait for the kernel, clear the committed outputs,
+Run > Run All Cells, then check that no cell raised or wrote to stderr, that every widget the
+kernel sent is rendered live (no "Error displaying widget", no fallback PNG), and that moving
+one control of the main widget redraws its figure. The main widget is saved as
+``docs/screenshots/NN_topic.png`` (the README shows these).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from .pages import (
+    STDERR,
+    WIDGET_MIME,
+    change_and_compare,
+    error_texts,
+    wait_image_loaded,
+    widget_failures,
+)
+from .servers import notebooks
+
+pytestmark = pytest.mark.browser
+
+NOTEBOOKS = notebooks()
+RUN_TIMEOUT_MS = 240_000  # the slowest notebook, run all, on a busy 2-core machine
+WIDGET_TIMEOUT_MS = 60_000  # one redraw of a slow (training) widget
+TOP_OUTPUTS = ".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output"
+
+# What the kernel sent, read from the notebook model (window.jupyterapp), per code cell.
+MODEL_OUTPUTS_JS = """() => {
+    const model = window.jupyterapp.shell.currentWidget.content.model;
+    const cells = [];
+    for (let i = 0; i < model.cells.length; i++) {
+        const cell = model.cells.get(i);
+        if (cell.type === "code") cells.push(cell.outputs.toJSON());
+    }
+    return cells;
+}"""
+PROMPTS_JS = """() => [...document.querySelectorAll(
+    ".jp-Notebook .jp-CodeCell .jp-InputArea-prompt")].map(p => p.textContent.trim())"""
+RUN_FINISHED_JS = """([stderr]) => {
+    const prompts = [...document.querySelectorAll(
+        ".jp-Notebook .jp-CodeCell .jp-InputArea-prompt")].map(p => p.textContent.trim());
+    if (prompts.length === 0 || prompts.some(p => p === "[*]:")) return false;
+    // all cells ran, or Run All stopped at an error (the test then reports it)
+    return prompts.every(p => /^\\[\\d+\\]:$/.test(p)) || document.querySelector(stderr) !== null;
+}"""
+KERNEL_IDLE_JS = """() => {
+    const bar = document.querySelector("#jp-main-statusbar");
+    return bar !== null && bar.textContent.includes("| Idle");
+}"""
+
+
+def _sessions(lab, name):
+    status, body = lab.get("/api/sessions")
+    assert status == 200, body
+    return [s for s in json.loads(body) if s["path"].endswith(name)]
+
+
+def _wait_kernel_idle(lab, page, name, timeout_s):
+    """The kernel is idle both on the server and as the page sees it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sessions = _sessions(lab, name)
+        if sessions and sessions[0]["kernel"]["execution_state"] == "idle":
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"kernel for {name} not idle after {timeout_s} s: {sessions}")
+    lab.remember_children()
+    page.wait_for_function(KERNEL_IDLE_JS, timeout=timeout_s * 1000)
+
+
+def _menu(page, menu, item):
+    page.locator(f'.lm-MenuBar-itemLabel:text-is("{menu}")').click()
+    page.locator(f'.lm-Menu-itemLabel:text-is("{item}")').click()
+
+
+def _model_problems(cells):
+    problems = []
+    for index, outputs in enumerate(cells):
+        for out in outputs:
+            if out["output_type"] == "error":
+                problems.append(f"code cell {index}: {out['ename']}: {out['evalue']}")
+            elif out["output_type"] == "stream" and out.get("name") == "stderr":
+                problems.append(f"code cell {index} wrote to stderr: {str(out['text'])[:500]}")
+    return problems
+
+
+def _widget_outputs(cells):
+    return sum(WIDGET_MIME in out.get("data", {}) for outputs in cells for out in outputs)
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks/NN_*.ipynb to test")
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_in_jupyterlab(notebook, lab, browser_page, screenshot_dir):
+    page, name = browser_page, notebook.name
+    # ?reset: a fresh workspace, so notebooks opened by earlier tests are not restored.
+    page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
+    try:
+        page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=90_000)
+        _wait_kernel_idle(lab, page, name, timeout_s=120)
+
+        # Start from a blank page, so every output checked below comes from this run.
+        _menu(page, "Edit", "Clear Outputs of All Cells")
+        page.wait_for_function(
+            f"() => ({PROMPTS_JS})().every(p => p === '[ ]:')", timeout=10_000)
+        assert page.locator(TOP_OUTPUTS).count() == 0
+        _menu(page, "Run", "Run All Cells")
+        page.wait_for_function(RUN_FINISHED_JS, arg=[STDERR], timeout=RUN_TIMEOUT_MS)
+        _wait_kernel_idle(lab, page, name, timeout_s=RUN_TIMEOUT_MS / 1000)
+
+        cells = page.evaluate(MODEL_OUTPUTS_JS)
+        problems = _model_problems(cells) + [f"shown: {t}" for t in error_texts(page)]
+        assert not problems, f"{name} has error output:\n" + "\n".join(problems)
+        prompts = page.evaluate(PROMPTS_JS)
+        assert all(p[1:-2].isdigit() for p in prompts), f"cells not run: {prompts}"
+
+        # Every widget the kernel sent is a live view (a fallback PNG would not count).
+        expected = _widget_outputs(cells)
+        live = f"{TOP_OUTPUTS}:has(.jupyter-widgets)"
+        try:
+            page.wait_for_function(
+                "([sel, n]) => document.querySelectorAll(sel).length >= n",
+                arg=[live, expected], timeout=WIDGET_TIMEOUT_MS)
+        except Exception:
+            pass  # reported just below, with the numbers
+        assert page.locator(live).count() == expected, (
+            f"{expected} widget outputs sent, {page.locator(live).count()} rendered live")
+        explorers = page.locator(".numlab-explorer")
+        assert explorers.count() >= 1, f"{name} shows no numlab widget (Explorer)"
+        for index in range(explorers.count()):
+            wait_image_loaded(explorers.nth(index).locator("img.widget-image").first,
+                              WIDGET_TIMEOUT_MS)
+        failures = widget_failures(page)
+        assert not failures, f"{name}: widgets failed to render: {failures}"
+
+        main = explorers.first
+        main.scroll_into_view_if_needed()
+        main.screenshot(path=screenshot_dir / f"{notebook.stem}.png", animations="disabled")
+
+        action, before, after = change_and_compare(main, WIDGET_TIMEOUT_MS)
+        assert before[:8] == after[:8] == b"\x89PNG\r\n\x1a\n"
+        assert before != after, f"{name}: {action} left the figure unchanged"
+        assert not error_texts(page), f"{name}: after {action}: {error_texts(page)}"
+        assert "Error:" not in main.inner_text(), f"{name}: after {action}: {main.inner_text()}"
+    finally:
+        lab.remember_children()
+        for session in _sessions(lab, name):  # its kernel ends now, not at the session's end
+            lab.request("DELETE", f"/api/sessions/{session['id']}")
