@@ -39,8 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 present: $(STAMP)
-	$(BIN)/voila $$(ls notebooks/$(NB)_*.ipynb | head -n 1) --no-browser --port=$(PORT) \
-	    --VoilaConfiguration.file_allowlist="['.*']"
+	$(BIN)/voila $$(ls notebooks/$(NB)_*.ipynb | head -n 1) --port=$(PORT)
 
 doctor: $(STAMP)
 	$(BIN)/python -m numlab doctor
