@@ -1,0 +1,230 @@
+"""Figures and widgets for ``numlab.distributed``.
+
+* :func:`plot_ddp_differences`: DDP vs one process, largest parameter difference per step.
+* :func:`plot_stale_curves`, :func:`plot_stale_map`: loss curves of synchronous vs k-stale
+  SGD, and the lr x staleness map of which runs diverge, with the theoretical boundary.
+* :func:`plot_batchnorm`: test accuracy with local vs synchronised BatchNorm statistics.
+* :func:`explore_staleness` (cheap, one process, the map computed once) and
+  :func:`explore_batchnorm` (each worker count trains once, then every answer is cached).
+"""
+from __future__ import annotations
+
+import math
+
+import ipywidgets as widgets
+import numpy as np
+
+from numlab import distributed as nd
+from numlab.formats import short_name
+from numlab.viz._explorer import Explorer
+
+COLORS = {"sync": "#1f77b4", "stale": "#d62728", "local": "#d62728", "fp32": "#1f77b4",
+          "fp64": "#2ca02c"}
+
+
+def plot_ddp_differences(ax, *results: nd.DDPEquivalence):
+    """Per step, max |DDP - one process| for each result, with eps x max|w| as a dashed line."""
+    if not results or not all(isinstance(r, nd.DDPEquivalence) for r in results):
+        raise TypeError("results must be one or more DDPEquivalence (from ddp_equivalence)")
+    artists = []
+    for r in results:
+        name = short_name(r.dtype)
+        color = COLORS.get(name, None)
+        steps = np.arange(1, r.steps + 1)
+        # exact zeros cannot sit on a log axis: draw them at the bottom of the panel
+        shown = np.where(r.max_diff > 0, r.max_diff, np.nan)
+        (line,) = ax.semilogy(steps, shown, "o-", color=color,
+                              label=f"{name}, {r.world_size} workers")
+        ref = ax.axhline(r.eps * r.param_scale, color=line.get_color(), ls="--", lw=1,
+                         label=f"{name}: eps x max|w|")
+        artists += [line, ref]
+    ax.set_xlabel("training step")
+    ax.set_ylabel("max |w_DDP - w_single|")
+    ax.set_title("DDP on shards vs one process on the whole batch")
+    ax.legend(loc="best")
+    return artists
+
+
+def plot_stale_curves(ax, run: nd.StaleRun, lines=None):
+    """Loss curves of the synchronous and the stale run (log scale); reuses ``lines``."""
+    if not isinstance(run, nd.StaleRun):
+        raise TypeError(f"run must be a StaleRun (from stale_sgd), got {type(run).__name__}")
+    steps = np.arange(len(run.loss_sync))
+    # Clip overflowed losses so the divergent curve runs off the top instead of vanishing.
+    sync, stale = (np.minimum(np.nan_to_num(c, posinf=1e30), 1e30)
+                   for c in (run.loss_sync, run.loss_stale))
+    if lines is None:
+        (a,) = ax.semilogy(steps, sync, color=COLORS["sync"], label="synchronous (k = 0)")
+        (b,) = ax.semilogy(steps, stale, color=COLORS["stale"], label=f"stale, k = {run.staleness}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_ylim(1e-3, 1e4)
+        ax.legend(loc="upper right")
+        lines = (a, b)
+    else:
+        lines[0].set_data(steps, sync)
+        lines[1].set_data(steps, stale)
+        lines[1].set_label(f"stale, k = {run.staleness}")
+        ax.legend(loc="upper right")
+        ax.set_xlim(0, steps[-1])
+    ax.set_title(f"lr = {run.lr:.3g}")
+    return list(lines)
+
+
+def plot_stale_map(ax, sweep: nd.StaleSweep):
+    """Diverged (dark) vs converged runs over lr x staleness, and 2 sin(pi/(4k+2)) / lambda_max."""
+    if not isinstance(sweep, nd.StaleSweep):
+        raise TypeError(f"sweep must be a StaleSweep (from stale_sweep), got {type(sweep).__name__}")
+    ks, lrs = sweep.staleness, sweep.lrs
+    k_edges = np.concatenate([ks - 0.5, [ks[-1] + 0.5]])
+    log_lr = np.log(lrs)
+    mids = np.exp((log_lr[1:] + log_lr[:-1]) / 2)
+    lr_edges = np.concatenate([[lrs[0] ** 2 / mids[0]], mids, [lrs[-1] ** 2 / mids[-1]]])
+    mesh = ax.pcolormesh(k_edges, lr_edges, sweep.diverged.astype(float), cmap="Greys",
+                         vmin=0, vmax=1.6, shading="flat")
+    fine = np.linspace(ks[0], ks[-1], 200)
+    (theory,) = ax.plot(fine, [2 * math.sin(math.pi / (2 * (2 * k + 1))) for k in fine],
+                        color="#ff7f0e", lw=2.5, label="theory: 2 sin(pi/(4k+2))")
+    ax.set_yscale("log")
+    ax.set_xlabel("staleness k (steps)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("grey: diverges")
+    ax.legend(loc="lower left")
+    return [mesh, theory]
+
+
+def plot_batchnorm(ax, sweep: nd.BatchNormSweep):
+    """Test accuracy vs per-device batch, local and synchronised BatchNorm statistics."""
+    if not isinstance(sweep, nd.BatchNormSweep):
+        raise TypeError(f"sweep must be a BatchNormSweep (from batchnorm_sync), "
+                        f"got {type(sweep).__name__}")
+    b = np.array(sweep.per_device_batch)
+    (local,) = ax.plot(b, 100 * sweep.acc_local, "o-", color=COLORS["local"],
+                       label="local BatchNorm (own shard)")
+    (sync,) = ax.plot(b, 100 * sweep.acc_sync, "s-", color=COLORS["sync"],
+                      label="synchronised BatchNorm")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(b, [str(v) for v in b])
+    ax.set_xlabel("per-device batch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{sweep.world_size} workers, {sweep.steps} steps")
+    ax.legend(loc="lower right")
+    return [local, sync]
+
+
+# --- widgets ---------------------------------------------------------------------------
+
+
+class StalenessExplorer(Explorer):
+    figsize = (11, 4.2)
+
+    def __init__(self, controls, sweep: nd.StaleSweep, steps: int):
+        self.sweep = sweep
+        self.steps = steps
+        super().__init__(controls)
+
+    def setup(self, fig):
+        self.ax_curves, self.ax_map = fig.subplots(1, 2, width_ratios=[1.3, 1])
+        self.lines = plot_stale_curves(self.ax_curves, nd.stale_sgd(1, 0.1, steps=self.steps))
+        plot_stale_map(self.ax_map, self.sweep)
+        (self.marker,) = self.ax_map.plot([], [], "*", ms=18, color="#d62728", mec="white")
+
+    def compute(self, lr, staleness):
+        return nd.stale_sgd(staleness, lr, steps=self.steps)
+
+    def draw(self, r):
+        plot_stale_curves(self.ax_curves, r, self.lines)
+        self.marker.set_data([r.staleness], [r.lr])
+        verdict = {True: "<b style='color:#c00'>diverges</b>", False: "converges"}
+        return (f"k = {r.staleness}: stale {verdict[r.diverged]}, synchronous "
+                f"{verdict[r.sync_diverged]}; theory says stale is stable below lr = "
+                f"{r.critical_lr:.3f}")
+
+
+def explore_staleness(lr: float = 0.8, staleness: int = 2, steps: int = 200):
+    """Sliders for lr and staleness: loss curves sync vs stale, and the divergence map."""
+    sweep = nd.stale_sweep(np.geomspace(0.02, 2.5, 80), range(9), steps=steps)
+    return StalenessExplorer({
+        "lr": widgets.FloatLogSlider(value=lr, base=10, min=math.log10(0.02),
+                                     max=math.log10(2.5), step=0.01, description="lr",
+                                     readout_format=".3f"),
+        "staleness": widgets.IntSlider(value=staleness, min=0, max=8, description="staleness"),
+    }, sweep, steps)
+
+
+class BatchNormExplorer(Explorer):
+    figsize = (8, 4.2)
+
+    def __init__(self, controls, cache: dict, runner, batches):
+        self.cache = cache
+        self.runner = runner
+        self.batches = tuple(batches)
+        super().__init__(controls)
+
+    def setup(self, fig):
+        self.ax = fig.add_subplot()
+        (self.local,) = self.ax.plot([], [], "o-", color=COLORS["local"],
+                                     label="local BatchNorm (own shard)")
+        (self.sync,) = self.ax.plot([], [], "s-", color=COLORS["sync"],
+                                    label="synchronised BatchNorm")
+        (self.here,) = self.ax.plot([], [], "o", ms=16, mfc="none", mec="k", mew=2)
+        self.ax.set_xscale("log", base=2)
+        self.ax.set_xticks(self.batches, [str(b) for b in self.batches])
+        self.ax.set_xlabel("per-device batch")
+        self.ax.set_ylabel("test accuracy (%)")
+        self.ax.legend(loc="lower right")
+
+    def compute(self, per_device_batch, world_size):
+        if world_size not in self.cache:
+            self.status.value = f"training on {world_size} worker processes ..."
+            self.cache[world_size] = self.runner(world_size, self.batches)
+        sweep = self.cache[world_size]
+        return sweep, sweep.per_device_batch.index(per_device_batch)
+
+    def draw(self, result):
+        sweep, i = result
+        b = np.array(sweep.per_device_batch)
+        self.local.set_data(b, 100 * sweep.acc_local)
+        self.sync.set_data(b, 100 * sweep.acc_sync)
+        self.here.set_data([b[i], b[i]], [100 * sweep.acc_local[i], 100 * sweep.acc_sync[i]])
+        self.ax.relim()
+        self.ax.autoscale_view()
+        self.ax.set_title(f"{sweep.world_size} workers, global batch {sweep.world_size * b[i]}")
+        gap = 100 * (sweep.acc_sync[i] - sweep.acc_local[i])
+        return (f"per-device batch {b[i]}: local {100 * sweep.acc_local[i]:.1f}%, "
+                f"synchronised {100 * sweep.acc_sync[i]:.1f}% ({gap:+.1f} points)")
+
+
+def _train(world_size, batches):
+    return nd.batchnorm_sync(world_size, batches)
+
+
+def explore_batchnorm(per_device_batch: int = 2, world_size: int = 2, precomputed=(),
+                      batches=(2, 4, 8, 32), runner=None):
+    """Per-device batch and worker count -> test accuracy, local vs synchronised BatchNorm.
+
+    Each worker count trains once (one launch, every batch size in it) and is cached;
+    pass sweeps you already have (``precomputed``) to start without any launch.
+    ``runner(world_size, batches) -> BatchNormSweep`` replaces the training (tests).
+    """
+    if isinstance(precomputed, nd.BatchNormSweep):
+        precomputed = (precomputed,)
+    cache = {}
+    for sweep in precomputed:
+        if not isinstance(sweep, nd.BatchNormSweep) or tuple(sweep.per_device_batch) != tuple(
+                batches):
+            raise ValueError(f"precomputed must hold BatchNormSweep results for per-device "
+                             f"batches {tuple(batches)}")
+        cache[sweep.world_size] = sweep
+    if per_device_batch not in batches:
+        raise ValueError(f"per_device_batch must be one of {tuple(batches)}, got "
+                         f"{per_device_batch!r}")
+    if world_size not in (2, 4):
+        raise ValueError(f"world_size must be 2 or 4, got {world_size!r}")
+    return BatchNormExplorer({
+        "per_device_batch": widgets.SelectionSlider(options=list(batches), value=per_device_batch,
+                                                    description="per-device b",
+                                                    continuous_update=False),
+        "world_size": widgets.ToggleButtons(options=[2, 4], value=world_size,
+                                            description="workers"),
+    }, cache, runner or _train, batches)
