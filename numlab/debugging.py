@@ -113,24 +113,34 @@ class NormHistory:
         j = self.layers.index(name)
         return self.grad[:, j], self.weight[:, j]
 
-    def outlier(self, what: str = "ratio") -> str | None:
-        """The layer whose median log10 norm lies farthest from the median of all layers."""
+    def outlier(self, what: str = "ratio", min_decades: float = 1.5) -> str | None:
+        """The layer that strays farthest from the others, in powers of ten, at any logged step.
+
+        At each step every layer's log10 value is compared with the median over layers; a
+        layer's score is its largest such distance. Returns the top-scoring layer, or None
+        when no score reaches ``min_decades``.
+        """
         values = {"ratio": self.ratio, "grad": self.grad, "weight": self.weight}.get(what)
         if values is None:
             raise ValueError(f"what must be 'ratio', 'grad' or 'weight', got {what!r}")
-        if not self.layers or not self.steps.size:
+        if isinstance(min_decades, bool) or not isinstance(min_decades, int | float) \
+                or not min_decades >= 0:
+            raise ValueError(f"min_decades must be a number >= 0, got {min_decades!r}")
+        if len(self.layers) < 2 or not self.steps.size:
             return None
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log10(values)
         logs[~np.isfinite(logs)] = np.nan
-        usable = ~np.isnan(logs).all(axis=0)
-        if not usable.any():
+        rows = ~np.isnan(logs).all(axis=1)
+        if not rows.any():
             return None
-        per_layer = np.full(len(self.layers), np.nan)
-        per_layer[usable] = np.nanmedian(logs[:, usable], axis=0)
-        centre = np.median(per_layer[usable])
-        distance = np.where(usable, np.abs(per_layer - centre), -np.inf)
-        return self.layers[int(np.argmax(distance))]
+        logs = logs[rows]
+        distance = np.abs(logs - np.nanmedian(logs, axis=1, keepdims=True))
+        score = np.where(np.isnan(distance).all(axis=0), -np.inf,
+                         np.nanmax(np.where(np.isnan(distance), -np.inf, distance), axis=0))
+        if score.max() < min_decades:
+            return None
+        return self.layers[int(np.argmax(score))]
 
     def table(self, max_rows: int = 12) -> str:
         """The history as a fixed-width text table (one row per step and layer)."""

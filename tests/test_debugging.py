@@ -172,12 +172,19 @@ def test_misinit_layer_is_singled_out(bad):
     assert "singles out" in repr(run)
 
 
+def test_no_layer_is_singled_out_without_a_bad_init():
+    run = dbg.misinit_run(scale=1.0, steps=12, every=4)
+    assert run.flagged is None and run.history.outlier("weight") is None
+
+
 def test_outlier_and_layer_reject_bad_names():
     hist = dbg.misinit_run(steps=4, every=2).history
     with pytest.raises(ValueError, match="what"):
         hist.outlier("bias")
     with pytest.raises(ValueError, match="name"):
         hist.layer("nope")
+    with pytest.raises(ValueError, match="min_decades"):
+        hist.outlier("grad", min_decades=-1)
 
 
 # --- NanGuard -----------------------------------------------------------------------------
