@@ -1,0 +1,46 @@
+"""Exercises of notebooks/04_mixed_precision.ipynb; each answer is computed by numlab."""
+from numlab.check import Exercise
+from numlab.formats import info
+from numlab.mixed_precision import gradient_magnitudes, train
+
+
+def _smallest_safe_exponent(threshold: float = 0.01, loss_scale: float = 1e-5) -> int:
+    """Smallest k with fewer than ``threshold`` of the demo's fp16 gradients flushed at 2**k."""
+    for k in range(31):
+        if gradient_magnitudes(loss_scale=loss_scale, scale=2.0**k).zero_fp16_scaled < threshold:
+            return k
+    raise RuntimeError("no scale up to 2**30 keeps the gradients")  # not reached for the demo
+
+
+EXERCISES = {
+    "04.1": Exercise(
+        prompt="On the demo task with loss_scale=1e-5, which fraction (0..1) of the gradient "
+        "entries does fp16 autocast, without any loss scaling, return as exactly 0 at step 0?",
+        expected=lambda: gradient_magnitudes(loss_scale=1e-5).zero_fp16,
+        rtol=1e-2,
+        hint="numlab.mixed_precision.train('fp16', steps=1, loss_scale=1e-5).zero_fraction[0]",
+    ),
+    "04.2": Exercise(
+        prompt="A GradScaler starts at 2**10 with growth_interval=4 (growth x2, backoff x0.5). "
+        "Steps 6 and 7 overflow. Which scale does step 19 use?",
+        expected=lambda: train("fp16", scaler=True, steps=20, init_scale=2.0**10,
+                               growth_interval=4, overflow_at=(6, 7)).scale[19],
+        rtol=0,
+        hint="An overflow halves the scale and restarts the count of calm steps; four calm "
+        "steps in a row double it.",
+    ),
+    "04.3": Exercise(
+        prompt="The smallest whole k such that multiplying the loss by 2**k before backward "
+        "leaves fewer than 1% of the demo's fp16 gradient entries at 0 (loss_scale=1e-5).",
+        expected=_smallest_safe_exponent,
+        rtol=0,
+        hint="gradient_magnitudes(loss_scale=1e-5, scale=2.0**k).zero_fp16_scaled for a few k.",
+    ),
+    "04.4": Exercise(
+        prompt="bf16 keeps fp32's range; what does it give up? Give its unit roundoff: the "
+        "largest relative error of rounding a number to bf16 (half of its eps).",
+        expected=lambda: info("bf16").eps / 2,
+        rtol=1e-9,
+        hint="bf16 has 7 stored mantissa bits (8 significant); see notebook 00.",
+    ),
+}
