@@ -216,20 +216,29 @@ def _stable_all(logits: torch.Tensor, target: int):
 def _first_bad(bad, dtype: torch.dtype, per_round: int = 256) -> float:
     """Smallest positive value s of ``dtype`` with ``bad(s)``, by bisection on the bit patterns.
 
-    For positive floats the bit pattern, read as an integer, grows with the value, so this
-    searches every representable number, not a grid. Each round tests ``per_round`` evenly
-    spaced patterns at once (one batched call: ``bad`` maps a 1-D tensor of values to a
-    bool tensor) and keeps the bracket where the first bad one lies, so fp64 takes 8 rounds.
+    ``bad`` maps a 1-D tensor of values to a bool tensor, and must be false up to some
+    value and true from there on. First the bracket is found by doubling s from 1 (so no
+    absurdly large logits are tried), then it is narrowed over the bit patterns: for
+    positive floats the pattern, read as an integer, grows with the value, so every
+    representable number between is a candidate, not a grid. Each round tests up to
+    ``per_round`` evenly spaced patterns in one batched call and keeps the bracket where
+    the first bad one lies.
     """
     itype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.empty((), dtype=dtype).element_size()]
-    lo = 0  # the pattern of +0.0, where every naive form is fine
-    hi = int(torch.tensor(info(dtype).max, dtype=dtype).view(itype))  # the pattern of +max
+    largest = info(dtype).max
 
     def values(patterns):
         return torch.tensor(patterns, dtype=itype).view(dtype)
 
-    if not bool(bad(values([hi]))[0]):
-        return math.inf
+    def pattern(value: float) -> int:
+        return int(torch.tensor(value, dtype=dtype).view(itype))
+
+    lo_value, hi_value = 0.0, 1.0  # +0.0 is safe for every naive form here
+    while not bool(bad(torch.tensor([hi_value], dtype=dtype))[0]):
+        if hi_value == largest:
+            return math.inf
+        lo_value, hi_value = hi_value, min(2 * hi_value, largest)
+    lo, hi = pattern(lo_value), pattern(hi_value)
     while hi - lo > 1:  # invariant: bad(value(hi)) and not bad(value(lo))
         step = max(1, (hi - lo) // per_round)
         patterns = list(range(lo + step, hi, step))
@@ -267,10 +276,13 @@ def _breakpoints(dtype: torch.dtype, n: int, target: int) -> Breakpoints:
         return rows_bad
 
     # [0]: the normaliser overflowed, so p is NaN (inf/inf) or all 0 (x/inf); [2] loss; [3] grad
+    # torch runs exp/log on large tensors across threads; on a busy machine that
+    # wake-up costs more than the work, so each round stays at about 1024 logits.
+    per_round = max(16, 1024 // n)
     return Breakpoints(
         dtype=short_name(dtype), n_classes=n, target=target,
-        softmax=_first_bad(bad(0), dtype), loss=_first_bad(bad(2), dtype),
-        grad=_first_bad(bad(3), dtype),
+        softmax=_first_bad(bad(0), dtype, per_round), loss=_first_bad(bad(2), dtype, per_round),
+        grad=_first_bad(bad(3), dtype, per_round),
     )
 
 
@@ -396,12 +408,18 @@ class BinarySweep:
     first_bad: dict = field(default_factory=dict)
 
     def rel_error(self, which: str = "softplus_naive") -> np.ndarray:
-        """|computed - exact| / |exact| for one of the four computed arrays (inf/NaN kept)."""
+        """Relative error of one computed array against the exact value rounded to the format.
+
+        The rounded exact value is the best any formula can return in this format (where
+        the truth underflows, 0 is right and scores 0). inf/NaN results give inf/NaN.
+        """
         if which not in ("softplus_naive", "softplus_stable", "bce_naive", "bce_stable"):
             raise ValueError(f"which must be softplus_naive/_stable or bce_naive/_stable, got {which!r}")
         exact = self.softplus_exact if which.startswith("softplus") else self.bce_exact
+        best = torch.from_numpy(exact).to(resolve_dtype(self.dtype)).double().numpy()
+        diff = np.abs(getattr(self, which) - best)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.abs(getattr(self, which) - exact) / np.abs(exact)
+            return np.where(diff == 0, 0.0, diff / np.abs(best))
 
     def __repr__(self):
         bad = ", ".join(f"{k} {'finite' if v is None else f'breaks at z={v:.4g}'}"
