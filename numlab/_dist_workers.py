@@ -10,6 +10,7 @@ initialised; it reads its rank with ``dist.get_rank()``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import threading
@@ -73,10 +74,31 @@ def rank_info():
     return dist.get_rank(), dist.get_world_size(), float(t), dist.get_backend()
 
 
-def fail_on(bad_rank: int, message: str = "boom"):
+def _record_pids(pid_dir, extra=()):
+    """Write this worker's pid (and ``extra`` pids) to ``pid_dir/rank<r>.pid``, atomically."""
+    if pid_dir is None:
+        return
+    import pathlib
+
+    folder = pathlib.Path(pid_dir)
+    tmp = folder / f"rank{dist.get_rank()}.tmp"
+    tmp.write_text(" ".join(map(str, [os.getpid(), *extra])))
+    tmp.rename(folder / f"rank{dist.get_rank()}.pid")  # a reader never sees half a file
+
+
+def fail_on(bad_rank: int, message: str = "boom", pid_dir=None):
     """Rank ``bad_rank`` raises ``RuntimeError(message)``; the others wait at a barrier."""
+    _record_pids(pid_dir)
     if dist.get_rank() == bad_rank:
         raise RuntimeError(f"{message} (raised on rank {bad_rank})")
+    dist.barrier()
+    return dist.get_rank()
+
+
+def die_on(bad_rank: int, code: int = 7):
+    """Rank ``bad_rank`` vanishes with exit code ``code`` without a word (like a segfault)."""
+    if dist.get_rank() == bad_rank:
+        os._exit(code)
     dist.barrier()
     return dist.get_rank()
 
@@ -87,19 +109,14 @@ def hang_on(bad_rank: int, pid_dir: str, spawn_child: bool = False):
     With ``spawn_child`` every rank also starts a ``sleep`` grandchild and records its pid,
     to show that the launcher's clean-up reaches processes the workers started.
     """
-    import pathlib
     import subprocess
     import sys
 
     rank = dist.get_rank()
-    folder = pathlib.Path(pid_dir)
-    pids = [os.getpid()]
+    extra = []
     if spawn_child:
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-        pids.append(child.pid)
-    tmp = folder / f"rank{rank}.tmp"
-    tmp.write_text(" ".join(map(str, pids)))
-    tmp.rename(folder / f"rank{rank}.pid")  # atomic: a reader never sees half a file
+        extra.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]).pid)
+    _record_pids(pid_dir, extra)
     if rank == bad_rank:
         time.sleep(600)
     else:
@@ -112,6 +129,21 @@ def run_jobs(jobs):
     from numlab import distributed
 
     return [distributed.JOBS[name].worker(**kwargs) for name, kwargs in jobs]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch single-threaded inside, restoring the thread count on the way out.
+
+    The models and sweeps here are many tiny tensor ops: starting threads costs more than
+    it saves, and on a busy laptop extra threads make everything (a widget too) stall.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- models and data shared by the workers and the single-process references -----------
@@ -317,6 +349,11 @@ def bn_train(per_device_batches, steps: int, lr: float, seed: int, test_size: in
 
 def bn_train_single(global_batch: int, steps: int, lr: float, seed: int, test_size: int):
     """One process, plain BatchNorm on the whole ``global_batch``: what sync BN should equal."""
+    with one_thread():
+        return _bn_train_single(global_batch, steps, lr, seed, test_size)
+
+
+def _bn_train_single(global_batch, steps, lr, seed, test_size):
     xt, yt = classification_data(test_size, torch.Generator().manual_seed(seed + 10_000))
     model = bn_classifier(seed, sync=False)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)

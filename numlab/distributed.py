@@ -23,7 +23,6 @@ the new interpreter could import, so it cannot be sent.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pickle
@@ -178,10 +177,12 @@ def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
         for rank in range(world_size)
     ]
     results: dict[int, object] = {}
+    reported: set[int] = set()
     deadline = time.monotonic() + timeout
     try:
         for process in processes:
             process.start()
+        last_worker_pids[:] = [p.pid for p in processes]
         while len(results) < world_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -189,9 +190,16 @@ def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
             try:
                 message = results_queue.get(timeout=min(0.2, remaining))
             except queue_module.Empty:
-                _check_alive(processes, results, results_queue)
+                if any(p.exitcode is not None for r, p in enumerate(processes)
+                       if r not in reported):
+                    error = _root_cause(processes, reported, results_queue, results, None)
+                    if error is not None:
+                        raise error from None
                 continue
-            _take(message, results)
+            reported.add(message[1])
+            if message[0] == "error":
+                raise _root_cause(processes, reported, results_queue, results, message) from None
+            results[message[1]] = pickle.loads(message[2])
         return [results[rank] for rank in range(world_size)]
     finally:
         for process in processes:
@@ -201,25 +209,39 @@ def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
         del store
 
 
-def _take(message, results: dict) -> None:
-    if message[0] == "error":
-        _, rank, summary, tb = message
-        raise WorkerError(rank, summary, tb)
-    _, rank, payload = message
-    results[rank] = pickle.loads(payload)
+#: The pids of the workers of the latest launch (to check that none is left running).
+last_worker_pids: list[int] = []
 
 
-def _check_alive(processes, results: dict, results_queue) -> None:
-    """A worker that died without a message (segfault, os._exit, killed) is an error too."""
-    for rank, process in enumerate(processes):
-        if rank in results or process.exitcode is None:
-            continue
-        try:  # its last message may still be in the pipe
-            _take(results_queue.get(timeout=1.0), results)
-            return
+def _root_cause(processes, reported: set, results_queue, results: dict, first,
+                grace: float = 1.0):
+    """The error to raise once something went wrong, preferring the cause to its echoes.
+
+    When one worker dies, its peers soon fail too ("Connection reset by peer") and may
+    report first. So wait ``grace`` seconds for more reports, and blame a worker that died
+    without reporting (segfault, ``os._exit``, killed) before any worker that reported.
+    Returns None when nothing was wrong after all (a finished worker's result was late).
+    """
+    errors = [] if first is None else [first]
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            message = results_queue.get(timeout=0.05)
         except queue_module.Empty:
-            pass
-        raise WorkerError(rank, f"process exited with code {process.exitcode} before reporting")
+            continue
+        reported.add(message[1])
+        if message[0] == "error":
+            errors.append(message)
+        else:  # a late but good result (its process had already exited)
+            results[message[1]] = pickle.loads(message[2])
+    for rank, process in enumerate(processes):
+        if rank not in reported and process.exitcode is not None:
+            return WorkerError(rank, f"process exited with code {process.exitcode} "
+                                     "before reporting")
+    if not errors:
+        return None
+    _, rank, summary, tb = errors[0]
+    return WorkerError(rank, summary, tb)
 
 
 # --- experiments that can share one launch -----------------------------------------------
@@ -277,6 +299,13 @@ def _train_dtype(dtype) -> str:
     if dt not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be fp32 or fp64 for these experiments, got {dtype!r}")
     return str(dt).removeprefix("torch.")
+
+
+JOBS["rank_info"] = Job(
+    lambda world_size: {},
+    lambda: workers.rank_info(),
+    lambda per_rank, kw: per_rank,
+)
 
 
 # --- DDP vs one process --------------------------------------------------------------------
@@ -352,8 +381,9 @@ def _reference_ddp(global_batch, steps, dtype, lr, seed, world_size, emulate: bo
 
 def _finish_ddp(per_rank, kw) -> DDPEquivalence:
     ddp = per_rank[0]
-    single = _reference_ddp(**kw, emulate=False)
-    emulated = _reference_ddp(**kw, emulate=True)
+    with workers.one_thread():
+        single = _reference_ddp(**kw, emulate=False)
+        emulated = _reference_ddp(**kw, emulate=True)
     return DDPEquivalence(
         world_size=kw["world_size"], dtype=kw["dtype"], global_batch=kw["global_batch"],
         max_diff=(ddp - single).abs().amax(dim=1).double().numpy(),
@@ -553,18 +583,6 @@ def least_squares_problem(n: int = 256, features: int = 8, seed: int = 0, dtype=
     return x.to(dt), y.to(dt)
 
 
-@contextlib.contextmanager
-def _one_thread():
-    # These sweeps are many tiny tensor ops: thread start-up costs more than it saves, and
-    # on a busy laptop extra threads make a widget stall. Restored on the way out.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _stale_losses(lrs, ks, steps, batch_size, seed, dtype):
     """Loss curves of k-stale (S)GD for every (lr, k) pair at once: shape (L, K, steps + 1)."""
     x, y = least_squares_problem(seed=seed, dtype=dtype)
@@ -651,7 +669,7 @@ def stale_sgd(staleness: int, lr: float, steps: int = 200, batch_size: int | Non
     _positive_int(staleness, "staleness", 0)
     _positive_float(lr, "lr")
     _check_stale_args(steps, batch_size)
-    with _one_thread():
+    with workers.one_thread():
         curves = _stale_losses([lr], [0, staleness], steps, batch_size, seed, dtype)[0]
     return StaleRun(lr, staleness, curves[0], curves[1], critical_lr(staleness))
 
@@ -701,7 +719,7 @@ def stale_sweep(lrs: Sequence[float] | None = None, staleness: Sequence[int] = r
         raise ValueError(f"staleness must be a non-empty sequence of ints >= 0, got {ks}")
     _check_stale_args(steps, batch_size)
     lrs = np.sort(lrs)
-    with _one_thread():
+    with workers.one_thread():
         losses = _stale_losses(lrs.tolist(), ks.tolist(), steps, batch_size, seed, dtype)
     return StaleSweep(lrs, ks, losses)
 
