@@ -586,7 +586,10 @@ class AnomalyOverhead:
 
 def anomaly_overhead(depth: int = 8, width: int = 64, batch: int = 64, repeats: int = 15,
                      seed: int = 0) -> AnomalyOverhead:
-    """Time one SGD step of a ``depth``-layer tanh MLP with anomaly mode off and on (interleaved)."""
+    """Time one SGD step of a ``depth``-layer tanh MLP with anomaly mode off and on (interleaved).
+
+    Single-threaded, so that the ratio does not depend on what else the machine is doing.
+    """
     depth = _check_int(depth, "depth", 1)
     width = _check_int(width, "width", 1)
     batch = _check_int(batch, "batch", 1)
@@ -610,7 +613,7 @@ def anomaly_overhead(depth: int = 8, width: int = 64, batch: int = 64, repeats: 
             step()
             return time.perf_counter() - start
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _one_thread():
         warnings.simplefilter("ignore")  # anomaly mode's "will increase the runtime" notice
         for anomaly in (False, True):  # warm-up both paths
             timed(anomaly)
@@ -852,8 +855,8 @@ class Diagnosis:
 
 def _as_curve(values, name):
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    if arr.size < 3:
-        raise ValueError(f"{name} must hold at least 3 evaluations, got {arr.size}")
+    if arr.size < 2:
+        raise ValueError(f"{name} must hold at least 2 evaluations, got {arr.size}")
     return arr
 
 

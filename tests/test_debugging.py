@@ -383,8 +383,8 @@ def test_bad_input():
         dbg.nanguard_run(bad_batch=5, batches=5)
     with pytest.raises(ValueError, match="same length"):
         dbg.diagnose_curves([1, 2, 3], [1, 2, 3, 4])
-    with pytest.raises(ValueError, match="at least 3"):
-        dbg.diagnose_curves([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="at least 2"):
+        dbg.diagnose_curves([1], [1])
     with pytest.raises(ValueError, match="overlap"):
         dbg.diagnose_curves([1, 2, 3], [1, 2, 3], overlap=-0.1)
     with pytest.raises(ValueError, match="columns"):

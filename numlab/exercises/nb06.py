@@ -1,0 +1,77 @@
+"""Exercises of notebooks/06_debugging_numerics.ipynb; each answer is computed by numlab."""
+from numlab.check import Exercise
+
+
+def _unguarded_nan_weights():
+    from numlab.debugging import nanguard_run
+
+    return nanguard_run().nonfinite_params_unguarded
+
+
+def _overfit_best_step():
+    import numpy as np
+
+    from numlab.debugging import pathology_run
+
+    run = pathology_run("overfitting")
+    return int(run.steps[int(np.argmin(run.val_loss))])
+
+
+def _traced_finite_fraction():
+    from numlab.debugging import forward_nan_model, trace_nonfinite
+
+    model, x = forward_nan_model(seed=3)
+    with trace_nonfinite(model) as trace:
+        model(x)
+    return trace.first.output[0].finite_fraction
+
+
+def _entropy_blamed_node():
+    from numlab.debugging import anomaly_demo
+
+    return anomaly_demo("entropy", measure=False).report.function
+
+
+def _symptom_count():
+    from numlab.debugging import PATHOLOGIES, pathology_run
+
+    return sum(pathology_run(p).symptom for p in PATHOLOGIES)
+
+
+EXERCISES = {
+    "06.1": Exercise(
+        prompt="Run nanguard_run() without its guard: how many of the model's weights and "
+               "biases are NaN when the 60 batches are done?",
+        expected=_unguarded_nan_weights,
+        rtol=0,
+        hint="One NaN loss, one backward, one optimiser step: which entries does SGD touch? "
+             "Count the parameters of Linear(6,16) and Linear(16,1).",
+    ),
+    "06.2": Exercise(
+        prompt="In pathology_run('overfitting') (seed 0), at which training step is the "
+               "validation loss lowest (the step early stopping would keep)?",
+        expected=_overfit_best_step,
+        rtol=0,
+        hint="run.steps[np.argmin(run.val_loss)]",
+    ),
+    "06.3": Exercise(
+        prompt="Trace forward_nan_model(seed=3) with trace_nonfinite: what fraction of the "
+               "first non-finite module's output entries is finite?",
+        expected=_traced_finite_fraction,
+        rtol=1e-9,
+        hint="trace.first.output[0].finite_fraction; log(x) is finite exactly where x > 0.",
+    ),
+    "06.4": Exercise(
+        prompt="Which backward node does anomaly mode blame in anomaly_demo('entropy')? "
+               "(its name as a string, e.g. 'AddBackward0')",
+        expected=_entropy_blamed_node,
+        hint="The NaN is 0 * log(0), made by the derivative of a product.",
+    ),
+    "06.5": Exercise(
+        prompt="Of the five runs in PATHOLOGIES, how many show 'training loss falls while "
+               "validation diverges' (CurveRun.symptom)?",
+        expected=_symptom_count,
+        rtol=0,
+        hint="Look at the leak run's validation curve: is it diverging, or too good?",
+    ),
+}
