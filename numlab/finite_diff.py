@@ -20,6 +20,7 @@ Jacobian from one batched backward.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -417,6 +418,10 @@ def _outputs(fn, args) -> tuple[torch.Tensor, ...]:
     return out
 
 
+def _cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
+
+
 def _perturbed(x: torch.Tensor, start: int, stop: int, eps: float) -> torch.Tensor:
     """Rows x + eps e_j for j in [start, stop), then x - eps e_j, as one (2k, *x.shape) batch."""
     k = stop - start
@@ -437,7 +442,7 @@ def _numerical_block(fn, args, i, eps, batched) -> tuple[torch.Tensor, bool]:
     cols = []
 
     def one(xi):
-        return torch.cat([o.reshape(-1) for o in _outputs(fn, args[:i] + (xi,) + args[i + 1:])])
+        return _cat([o.reshape(-1) for o in _outputs(fn, args[:i] + (xi,) + args[i + 1:])])
 
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -451,18 +456,50 @@ def _numerical_block(fn, args, i, eps, batched) -> tuple[torch.Tensor, bool]:
                 batched = False
         if out is None:
             out = torch.stack([one(row) for row in batch])
-        cols.append(((out[:k] - out[k:]) / (2 * eps)).double().T)
-    return torch.cat(cols, dim=1), batched
+        cols.append(torch.sub(out[:k], out[k:]).div_(2 * eps).double())  # torch's (b - a) / 2eps
+    # Rows were perturbations; the Jacobian has one row per output entry.
+    return _cat(cols).T.contiguous(), batched
 
 
-def _analytical(outputs, diff_inputs, batched) -> tuple[torch.Tensor, bool]:
-    """The full analytical Jacobian (all outputs x all checked inputs) from VJPs, float64."""
-    flat_out = [o.reshape(-1) for o in outputs]
-    sizes = [o.numel() for o in flat_out]
+def _analytical(fn, args, checked, outputs, batched) -> tuple[torch.Tensor, bool]:
+    """The full analytical Jacobian (all outputs x all checked inputs) from VJPs, float64.
+
+    First choice: ``torch.func.vmap`` over ``torch.func.vjp`` with unit cotangents (one
+    batched backward); then autograd's ``is_grads_batched``; last, one backward per row.
+    """
+    diff_inputs = [args[i] for i in checked]
+    sizes = [o.numel() for o in outputs]
     m = sum(sizes)
     width = sum(x.numel() for x in diff_inputs)
+    chunk = max(1, min(m, _BATCH_ELEMENTS // max(1, m + width)))
+    dtype, device = outputs[0].dtype, outputs[0].device
+
+    def unit_rows(start, stop):
+        eye = torch.zeros(stop - start, m, dtype=dtype, device=device)
+        eye[torch.arange(stop - start), torch.arange(start, stop)] = 1
+        return eye
+
+    if m == 0:
+        return torch.zeros(0, width, dtype=torch.float64), batched
+    if batched:
+        try:
+            def flat(*diff):
+                full = list(args)
+                for i, d in zip(checked, diff, strict=True):
+                    full[i] = d
+                return _cat([o.reshape(-1) for o in _outputs(fn, tuple(full))])
+
+            _, vjp_fn = torch.func.vjp(flat, *(x.detach() for x in diff_inputs))
+            blocks = []
+            for start in range(0, m, chunk):
+                grads = torch.func.vmap(vjp_fn)(unit_rows(start, min(m, start + chunk)))
+                blocks.append(_cat([g.reshape(g.shape[0], -1) for g in grads], dim=1).double())
+            return _cat(blocks).cpu(), True
+        except Exception:  # fn or its backward is not functorch-compatible: try autograd's
+            pass
+
     live = [j for j, o in enumerate(outputs) if o.requires_grad]
-    if m == 0 or not live:
+    if not live:
         return torch.zeros(m, width, dtype=torch.float64), batched
     offsets = [sum(sizes[:j]) for j in range(len(sizes))]
     targets = [outputs[j] for j in live]
@@ -470,8 +507,7 @@ def _analytical(outputs, diff_inputs, batched) -> tuple[torch.Tensor, bool]:
     def rows(start, stop, batched_grads):
         # Unit cotangents e_r for output rows r in [start, stop), split per live output.
         k = stop - start
-        eye = torch.zeros(k, m, dtype=outputs[0].dtype, device=outputs[0].device)
-        eye[torch.arange(k), torch.arange(start, stop)] = 1
+        eye = unit_rows(start, stop)
         cot = [eye[:, offsets[j]:offsets[j] + sizes[j]].reshape(k, *outputs[j].shape)
                .to(outputs[j].dtype) for j in live]
         if not batched_grads:
@@ -482,9 +518,8 @@ def _analytical(outputs, diff_inputs, batched) -> tuple[torch.Tensor, bool]:
                              device=x.device) if g is None else g
                  for g, x in zip(grads, diff_inputs, strict=True)]
         shape = (k, -1) if batched_grads else (1, -1)
-        return torch.cat([g.reshape(shape) for g in grads], dim=1).double()
+        return _cat([g.reshape(shape) for g in grads], dim=1).double()
 
-    chunk = max(1, min(m, _BATCH_ELEMENTS // max(1, m + width)))
     blocks = []
     if batched:
         try:
@@ -494,7 +529,26 @@ def _analytical(outputs, diff_inputs, batched) -> tuple[torch.Tensor, bool]:
             batched, blocks = False, []
     if not batched:
         blocks = [rows(r, r + 1, False) for r in range(m)]
-    return torch.cat(blocks).cpu(), batched
+    return _cat(blocks).cpu(), batched
+
+
+def _top_entries(score: torch.Tensor, diff: torch.Tensor, k: int) -> list[int]:
+    """Flat indices of the k largest scores, ties broken by the larger |a - n| (no full sort)."""
+    if k == 0:
+        return []
+    values, chosen = torch.topk(score, min(k + 1, score.numel()))
+    if values.numel() > k and values[k - 1] == values[k]:
+        # A tie across the cut (e.g. many exact zeros): settle it by |a - n|.
+        threshold = values[k - 1]
+        above = torch.nonzero(score > threshold).reshape(-1)
+        tied = torch.nonzero(score == threshold).reshape(-1)
+        tied = tied[torch.topk(diff[tied].nan_to_num(math.inf), k - above.numel()).indices]
+        chosen = torch.cat([above, tied])
+    chosen = chosen[:k]
+    # Small final sort: by score, then by |a - n|, both descending.
+    chosen = chosen[torch.argsort(diff[chosen].nan_to_num(math.inf), descending=True, stable=True)]
+    chosen = chosen[torch.argsort(score[chosen], descending=True, stable=True)]
+    return chosen.tolist()
 
 
 def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
@@ -545,8 +599,7 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
 
     with torch.enable_grad():
         outputs = _outputs(fn, args)
-        diff_inputs = [args[i] for i in checked]
-        analytical, batched_ok = _analytical(outputs, diff_inputs, batched)
+        analytical, batched_ok = _analytical(fn, args, checked, outputs, batched)
     with torch.no_grad():
         plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         blocks = []
@@ -554,7 +607,7 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
             block, ok = _numerical_block(fn, plain, i, eps, batched_ok)
             batched_ok = batched_ok and ok
             blocks.append(block)
-        numerical = torch.cat(blocks, dim=1).cpu()
+        numerical = _cat(blocks, dim=1).cpu()
     if batched and not batched_ok:
         warnings.warn(
             "gradcheck: fn could not run under torch.func.vmap (or its backward under "
@@ -565,38 +618,36 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
         raise ValueError(f"fn's outputs changed size under perturbation: {analytical.shape} "
                          f"vs {numerical.shape}")
 
-    ok = torch.isclose(analytical, numerical, rtol=rtol, atol=atol)
-    diff = (analytical - numerical).abs()
-    raw = diff / (atol + rtol * numerical.abs())  # the criterion as a ratio: > 1 fails
-    score = torch.where(ok, torch.nan_to_num(raw, nan=0.0).clamp(max=1.0),
-                        torch.nan_to_num(raw, nan=math.inf).clamp(min=1.0))
-    report = GradcheckReport(
-        passed=bool(ok.all()), eps=float(eps), atol=float(atol), rtol=float(rtol),
-        dtype=least, batched=batched_ok, analytical=analytical, numerical=numerical,
-        worst=(), n_failed=int((~ok).sum()),
-    )
-    rel = report.rel_error
+    # torch's criterion |a - n| <= atol + rtol |n|, and the same as a ratio (> 1 fails).
+    diff = analytical.sub(numerical).abs_()
+    tol = numerical.abs().mul_(rtol).add_(atol)
+    ok = diff <= tol  # bit for bit what isclose computes for finite values
+    score = diff / tol
+    if not bool(ok.all()):  # non-finite entries: inf == inf counts as close, as in isclose
+        ok = torch.isclose(analytical, numerical, rtol=rtol, atol=atol)
+    if atol == 0 or not bool(ok.all()):  # 0/0 or NaN ratios: 0 if close, else inf
+        score = torch.where(ok, score.nan_to_num(0.0, posinf=0.0),
+                            score.nan_to_num(math.inf).clamp(min=1.0))
+    n_failed = 0 if bool(ok.all()) else int(ok.numel() - int(ok.sum()))
     out_shapes = [o.shape for o in outputs]
-    out_starts = torch.tensor([0] + [o.numel() for o in outputs]).cumsum(0)
+    out_starts = [0, *torch.tensor([o.numel() for o in outputs]).cumsum(0).tolist()]
     in_shapes = [args[i].shape for i in checked]
-    in_starts = torch.tensor([0] + [args[i].numel() for i in checked]).cumsum(0)
+    in_starts = [0, *torch.tensor([args[i].numel() for i in checked]).cumsum(0).tolist()]
     worst = []
-    k = min(top, score.numel())
-    if k:
-        # Rank by the criterion; ties (e.g. many exact zeros) go to the larger |a - n|.
-        by_diff = torch.argsort(torch.nan_to_num(diff, nan=math.inf).reshape(-1),
-                                descending=True, stable=True)
-        order = by_diff[torch.argsort(score.reshape(-1)[by_diff], descending=True,
-                                      stable=True)][:k]
-        for flat in order.tolist():
-            r, c = divmod(flat, score.shape[1])
-            o = int(torch.searchsorted(out_starts, r, right=True)) - 1
-            j = int(torch.searchsorted(in_starts, c, right=True)) - 1
-            worst.append(Entry(
-                output=o, out_index=_index(r - int(out_starts[o]), out_shapes[o]),
-                input=checked[j], in_index=_index(c - int(in_starts[j]), in_shapes[j]),
-                analytical=float(analytical[r, c]), numerical=float(numerical[r, c]),
-                abs_error=float(diff[r, c]), rel_error=float(rel[r, c]),
-                score=float(score[r, c]),
-            ))
-    return GradcheckReport(**{**report.__dict__, "worst": tuple(worst)})
+    for flat in _top_entries(score.reshape(-1), diff.reshape(-1), min(top, score.numel())):
+        r, c = divmod(flat, score.shape[1])
+        o = bisect.bisect_right(out_starts, r) - 1
+        j = bisect.bisect_right(in_starts, c) - 1
+        a, n = float(analytical[r, c]), float(numerical[r, c])
+        big = max(abs(a), abs(n))
+        worst.append(Entry(
+            output=o, out_index=_index(r - out_starts[o], out_shapes[o]),
+            input=checked[j], in_index=_index(c - in_starts[j], in_shapes[j]),
+            analytical=a, numerical=n, abs_error=float(diff[r, c]),
+            rel_error=abs(a - n) / big if big > 0 else 0.0, score=float(score[r, c]),
+        ))
+    return GradcheckReport(
+        passed=n_failed == 0, eps=float(eps), atol=float(atol), rtol=float(rtol), dtype=least,
+        batched=batched_ok, analytical=analytical, numerical=numerical, worst=tuple(worst),
+        n_failed=n_failed,
+    )

@@ -25,8 +25,9 @@ class _Softplus(torch.autograd.Function):
 
     @staticmethod
     def forward(x):
-        # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow for large x.
-        return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+        # torch's fused kernel computes the stable max(x, 0) + log1p(e^-|x|) (no overflow);
+        # only the backward is written by hand here.
+        return torch.nn.functional.softplus(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -52,29 +53,31 @@ class _LayerNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(x):
-        mu = x.mean(-1, keepdim=True)
-        sigma = torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + LN_EPS)
-        return (x - mu) / sigma
+        var, mu = torch.var_mean(x, -1, keepdim=True, correction=0)
+        return (x - mu) / torch.sqrt(var + LN_EPS)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x = inputs[0]
-        mu = x.mean(-1, keepdim=True)
-        sigma = torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + LN_EPS)
-        ctx.save_for_backward(output, sigma)
+        ctx.save_for_backward(inputs[0], output)
 
     @staticmethod
     def backward(ctx, g):
-        y, sigma = ctx.saved_tensors
+        x, y = ctx.saved_tensors
+        sigma = _sigma(x)
         # dx = (g - mean(g) - y * mean(g * y)) / sigma
         return (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True)) / sigma
+
+
+def _sigma(x):
+    # Recomputed in backward (cheap) rather than saved, so the forward stays one fused pass.
+    return torch.sqrt(torch.var(x, -1, keepdim=True, correction=0) + LN_EPS)
 
 
 class _LayerNormForgotMean(_LayerNorm):
     @staticmethod
     def backward(ctx, g):
-        y, sigma = ctx.saved_tensors
-        return (g - y * (g * y).mean(-1, keepdim=True)) / sigma  # bug: no - mean(g)
+        x, y = ctx.saved_tensors
+        return (g - y * (g * y).mean(-1, keepdim=True)) / _sigma(x)  # bug: no - mean(g)
 
 
 class _Tanh(torch.autograd.Function):

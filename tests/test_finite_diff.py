@@ -382,3 +382,14 @@ def test_named_functions_are_elementwise():
         out = f(t)
         assert out.shape == t.shape
         assert torch.equal(out[2:3], f(t[2:3]))
+
+
+def test_ties_across_the_cut_are_settled_by_the_absolute_error():
+    # Elementwise layer: 6 diagonal entries with rounding noise, 30 off-diagonal exact zeros.
+    fn, inputs = problem("tanh", 6, seed=4)
+    report = gradcheck(fn, inputs, top=8)
+    diagonal = report.worst[:6]
+    assert all(e.out_index == e.in_index for e in diagonal)
+    assert [e.score for e in report.worst] == sorted((e.score for e in report.worst), reverse=True)
+    assert all(e.score == 0 and e.abs_error == 0 for e in report.worst[6:])
+    assert len(report.worst) == 8

@@ -1,0 +1,82 @@
+"""numlab.finite_diff.gradcheck against torch.autograd.gradcheck, in one run.
+
+usage: python benchmarks/bench_gradcheck.py [--sizes 64 256 1024] [--repeats 5] [--threads 1]
+
+For every hand-written layer in numlab.layers (the correct and the wrong version) and every
+input size n, times numlab's batched check and torch's check with fast_mode=False and
+fast_mode=True (median of --repeats runs, after one warm-up), all in float64 with the same
+eps/atol/rtol, and prints a markdown table with the ratios and the three verdicts.
+Wrong layers are included on purpose: a checker must be fast on the failures too.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _table import markdown, median, time_calls  # noqa: E402
+
+from numlab.finite_diff import gradcheck  # noqa: E402
+from numlab.layers import LAYERS, problem  # noqa: E402
+
+EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3
+
+
+def median_ms(call, repeats: int) -> tuple[float, object]:
+    """Median wall time of ``call()`` in ms (after one warm-up: first vmap trace) and its value."""
+    return 1e3 * median(time_calls(call, repeat=repeats, warmup=1)), call()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both (1 keeps a shared machine's noise down)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {platform.machine()}, {args.threads} thread(s), float64, "
+          f"eps={EPS:g} atol={ATOL:g} rtol={RTOL:g}, median of {args.repeats}\n")
+    settings = {"eps": EPS, "atol": ATOL, "rtol": RTOL}
+    rows, disagreements, ratios = [], 0, {}
+    for name in LAYERS:
+        for wrong in (False, True):
+            for n in args.sizes:
+                fn, inputs = problem(name, n, wrong=wrong, seed=0)
+                ours_ms, ours = median_ms(functools.partial(gradcheck, fn, inputs, **settings),
+                                          args.repeats)
+                check = functools.partial(torch.autograd.gradcheck, fn, inputs,
+                                          raise_exception=False, **settings)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    full_ms, full = median_ms(check, max(1, args.repeats // 2))
+                    torch.manual_seed(0)  # fast mode draws random projections: repeatable
+                    fast_ms, fast = median_ms(functools.partial(check, fast_mode=True),
+                                              args.repeats)
+                agree = ours.passed == full
+                disagreements += not agree
+                ratios.setdefault(n, []).append(full_ms / ours_ms)
+                verdicts = " / ".join("pass" if v else "FAIL" for v in (ours.passed, full, fast))
+                rows.append([f"{name}{' (wrong)' if wrong else ''}", n, f"{ours_ms:.2f}",
+                             f"{full_ms:.1f}", f"{fast_ms:.2f}", f"{full_ms / ours_ms:.1f}x",
+                             f"{fast_ms / ours_ms:.2f}x",
+                             verdicts + ("" if agree else " (DISAGREE)")])
+    print(markdown(["layer", "n", "numlab ms", "torch full ms", "torch fast ms", "full / numlab",
+                    "fast / numlab", "verdict numlab / full / fast"], rows))
+    print()
+    for n, rs in ratios.items():
+        print(f"n = {n}: numlab vs torch's full check: speed-up {statistics.geometric_mean(rs):.1f}x "
+              f"(geometric mean), min {min(rs):.1f}x, over {len(rs)} layers")
+    print(f"verdicts that differ from torch's full check: {disagreements} of {len(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
