@@ -31,9 +31,12 @@ class _BlitExplorer(Explorer):
     """
 
     static_key = None
+    dpi = 80  # 800 px wide: the browser scales it to the cell; PNG encoding is most of a frame
 
     def render_png(self) -> bytes:
         canvas = self.fig.canvas
+        if self.fig.dpi != self.dpi:
+            self.fig.set_dpi(self.dpi)
         if getattr(self, "_background_key", object()) != self.static_key:
             canvas.draw()  # draws everything except the animated artists
             self._background = canvas.copy_from_bbox(self.fig.bbox)
@@ -42,9 +45,9 @@ class _BlitExplorer(Explorer):
             canvas.restore_region(self._background)
         for artist in self.moving:
             self.fig.draw_artist(artist)
-        rgb = np.asarray(canvas.buffer_rgba())[..., :3]
         out = io.BytesIO()
-        Image.fromarray(rgb).save(out, format="png", compress_level=1)
+        Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1
+                         ).convert("RGB").save(out, format="png", compress_level=1)
         return out.getvalue()
 
     def animate(self, *artists):
@@ -185,7 +188,7 @@ class SoftmaxExplorer(_BlitExplorer):
         self.ax_z = fig.add_axes((0.09, 0.44, 0.22, 0.44))
         self.ax_p = fig.add_axes((0.39, 0.44, 0.26, 0.44))
         self.ax_g = fig.add_axes((0.73, 0.44, 0.25, 0.44))
-        self.ax_s = fig.add_axes((0.06, 0.08, 0.92, 0.22))
+        self.ax_s = fig.add_axes((0.06, 0.11, 0.92, 0.2))
         self.bars = {}
         for ax, key, color, width in ((self.ax_z, "z", "0.35", 10), (self.ax_p, "p_naive", NAIVE, 5),
                                       (self.ax_p, "p_stable", STABLE, 5),
@@ -194,7 +197,7 @@ class SoftmaxExplorer(_BlitExplorer):
                                                                            linewidths=width)))
         self.p_bad = self.animate(*self.ax_p.plot([], [], "x", color=BAD, ms=12, mew=3))
         self.g_bad = self.animate(*self.ax_g.plot([], [], "x", color=BAD, ms=12, mew=3))
-        self.p_note = self.animate(self.ax_p.text(0.5, 0.55, "", transform=self.ax_p.transAxes,
+        self.p_note = self.animate(self.ax_p.text(0.5, 0.78, "", transform=self.ax_p.transAxes,
                                                   ha="center", color=BAD, fontsize=12,
                                                   fontweight="bold"))
         # The logits are s * linspace(1, -1, n): bars are drawn as z / s on a fixed axis, and
@@ -222,6 +225,12 @@ class SoftmaxExplorer(_BlitExplorer):
                             "| the sum overflows", fontsize=11)
         self.ax_s.set_xlabel("logit scale s", labelpad=1)
         self.now = self.animate(self.ax_s.axvline(1.0, color="k", lw=1.5, ls="--"))
+        # Class j sits at (j + 1/2) / n on a fixed [0, 1] axis, so changing n moves artists only.
+        for ax in (self.ax_z, self.ax_p, self.ax_g):
+            ax.set_xlim(0, 1)
+            ax.set_xticks([])
+            ax.set_xlabel("class 0, 1, ..., n-1", fontsize=11, labelpad=2)
+        self.static_key = "fixed"  # nothing in the background ever changes
 
     def compute(self, scale, dtype, n_classes, target):
         sweep = sm.sweep_logits([scale], dtype, n_classes, target)
@@ -231,42 +240,40 @@ class SoftmaxExplorer(_BlitExplorer):
     def draw(self, r):
         sw = r.sweep
         n, s = sw.n_classes, sw.scales[0]
-        x = np.arange(n)
-        self._set_bars("z", x, sw.logits[0] / s)
+        x = (np.arange(n) + 0.5) / n
+        off = 0.17 / n
+        width = float(np.clip(90 / n, 2, 14))
+        self._set_bars("z", x, sw.logits[0] / s, 2 * width)
         self.z_top.set_text(f"{s:.3g}")
         self.z_bottom.set_text(f"{-s:.3g}")
         pn, ps, gn, gs = sw.probs_naive[0], sw.probs_stable[0], sw.grad_naive[0], sw.grad_stable[0]
-        self._set_bars("p_naive", x - 0.17, np.nan_to_num(pn, nan=0, posinf=0, neginf=0))
-        self._set_bars("p_stable", x + 0.17, ps)
-        self._set_bars("g_naive", x - 0.17, np.clip(np.nan_to_num(gn, nan=0), -1.1, 1.1))
-        self._set_bars("g_stable", x + 0.17, gs)
+        self._set_bars("p_naive", x - off, np.nan_to_num(pn, nan=0, posinf=0, neginf=0), width)
+        self._set_bars("p_stable", x + off, ps, width)
+        self._set_bars("g_naive", x - off, np.clip(np.nan_to_num(gn, nan=0), -1.1, 1.1), width)
+        self._set_bars("g_stable", x + off, gs, width)
         bad_p, bad_g = ~np.isfinite(pn), ~np.isfinite(gn)
-        self.p_bad.set_data(x[bad_p] - 0.17, np.full(bad_p.sum(), 0.5))
-        self.g_bad.set_data(x[bad_g] - 0.17, np.zeros(bad_g.sum()))
+        self.p_bad.set_data(x[bad_p] - off, np.full(bad_p.sum(), 0.5))
+        self.g_bad.set_data(x[bad_g] - off, np.zeros(bad_g.sum()))
         first = r.first_bad
         self.p_note.set_text(f"first inf/NaN: {first}" if first else "")
         loss_n, loss_s = sw.loss_naive[0], sw.loss_stable[0]
-        self.loss_text.set_text(f"{sw.dtype}, s = {s:.4g}, true class {sw.target}:   "
-                                f"loss naive = {_fmt(loss_n)}   fused = {_fmt(loss_s)}")
+        self.loss_text.set_text(f"loss: naive {_fmt(loss_n)}, fused {_fmt(loss_s)}")
         self.loss_text.set_color(BAD if not math.isfinite(loss_n) else "k")
         self.now.set_xdata([s, s])
-        if self.static_key != (n, sw.target):  # limits and strip change only with these
-            for ax in (self.ax_z, self.ax_p, self.ax_g):
-                ax.set_xlim(-0.7, n - 0.3)
-                ax.set_xticks([0, n - 1])
-            self._draw_strip(r)
-            self.static_key = (n, sw.target)
+        self._draw_strip(r)
         return (f"naive loss {_red_if_bad(loss_n)} &nbsp; fused loss {_red_if_bad(loss_s)} &nbsp; "
                 f"naive grad [{', '.join(_red_if_bad(v) for v in gn[:6])}{', …' if n > 6 else ''}]"
                 f" &nbsp; first non-finite: {first or 'none'} &nbsp; "
                 f"sum after the shift {sw.shifted_sum[0]:.4g} (in [1, {n}])")
 
-    def _set_bars(self, key, x, heights):
+    def _set_bars(self, key, x, heights, width):
         self.bars[key].set_segments([[(a, 0), (a, h)] for a, h in zip(x, heights, strict=True)])
+        self.bars[key].set_linewidth(width)
 
     def _draw_strip(self, r):
         if self.strip is None:
             self.strip = plot_breakpoints(self.ax_s, list(r.breakpoints))
+            self.animate(self.strip["strip"], self.strip["overflow"])
             return
         segments, colors, ticks = _strip_segments(list(r.breakpoints), *SCALE_RANGE)
         self.strip["strip"].set_segments(segments)
@@ -344,13 +351,16 @@ class BceExplorer(_BlitExplorer):
         self.ax_e = fig.add_axes((0.07, 0.44, 0.55, 0.46))
         self.ax_t = fig.add_axes((0.66, 0.44, 0.33, 0.46))
         self.ax_s = fig.add_axes((0.07, 0.08, 0.91, 0.2))
-        (self.err_n,) = self.ax_e.plot([], [], ".", color=NAIVE, ms=3, label="log(1 + e^z)")
-        (self.err_s,) = self.ax_e.plot([], [], ".", color=STABLE, ms=3, label="softplus form")
-        (self.err_bad,) = self.ax_e.plot([], [], "x", color=BAD, ms=4, label="inf / NaN")
+        # every moving part is animated (blitted); the axes behind them never change
+        self.err_n = self.animate(*self.ax_e.plot([], [], ".", color=NAIVE, ms=3, label="log(1 + e^z)"))
+        self.err_s = self.animate(*self.ax_e.plot([], [], ".", color=STABLE, ms=3,
+                                                  label="softplus form"))
+        self.err_bad = self.animate(*self.ax_e.plot([], [], "x", color=BAD, ms=4, label="inf / NaN"))
+        self.title = self.animate(fig.text(0.345, 0.92, "", ha="center", fontsize=12))
         self.z_line = self.animate(self.ax_e.axvline(1.0, color="k", lw=1.5, ls="--"))
         _softplus_axes(self.ax_e, self.floor)
         self.ax_e.set_xlabel("")
-        self.ax_e.set_title("relative error", fontsize=12)
+        self.static_key = "fixed"
         ax = self.ax_t
         ax.set_axis_off()
         ax.text(0.0, 0.92, "at this z", fontsize=12, fontweight="bold", transform=ax.transAxes)
@@ -397,14 +407,13 @@ class BceExplorer(_BlitExplorer):
 
     def draw(self, r):
         c, p = r.curve, r.point
-        self.static_key = (c.dtype, c.target)  # the curve changes only with these
         err_n, err_s = c.rel_error("softplus_naive"), c.rel_error("softplus_stable")
         finite = np.isfinite(err_n)
         self.err_n.set_data(c.z[finite], np.clip(err_n[finite], self.floor, None))
         self.err_s.set_data(c.z, np.clip(err_s, self.floor, None))
         bad = ~np.isfinite(c.softplus_naive)
         self.err_bad.set_data(c.z[bad], np.full(bad.sum(), 3.0))
-        self.ax_e.set_title(f"softplus in {c.dtype}: relative error vs the exact value", fontsize=12)
+        self.title.set_text(f"softplus in {c.dtype}: relative error vs the exact value")
         z = p.z[0]
         self.z_line.set_xdata([z, z])
         self.s_line.set_xdata([z, z])
