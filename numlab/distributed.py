@@ -213,6 +213,27 @@ def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
 last_worker_pids: list[int] = []
 
 
+def alive_pids(pids) -> list[int]:
+    """The pids in ``pids`` still running (a zombie, dead but not yet reaped, is not)."""
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            continue
+        except PermissionError:  # exists, belongs to someone else
+            alive.append(pid)
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:  # no /proc (macOS): os.kill's answer stands
+            state = "R"
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
 def _root_cause(processes, reported: set, results_queue, results: dict, first,
                 grace: float = 1.0):
     """The error to raise once something went wrong, preferring the cause to its echoes.
@@ -305,6 +326,13 @@ JOBS["rank_info"] = Job(
     lambda world_size: {},
     lambda: workers.rank_info(),
     lambda per_rank, kw: per_rank,
+)
+
+
+JOBS["torch_syncbn_on_cpu"] = Job(
+    lambda world_size: {},
+    lambda: workers.torch_syncbn_on_cpu(),
+    lambda per_rank, kw: per_rank[0],
 )
 
 
@@ -413,6 +441,50 @@ def ddp_equivalence(world_size: int = 2, global_batch: int = 32, steps: int = 10
     return run_many(world_size, ("ddp_equivalence", dict(
         global_batch=global_batch, steps=steps, dtype=dtype, lr=lr, seed=seed)),
         backend=backend, timeout=timeout)[0]
+
+
+@dataclass(frozen=True, repr=False)
+class ReductionOrder:
+    """How often DDP's way of averaging differs from averaging the sum, elementwise."""
+
+    world_size: int
+    dtype: str
+    differ: float  # fraction of entries where the two results are not bitwise equal
+    max_diff_eps: float  # largest |difference| / (eps * mean of |g_r|), the sum's error scale
+
+    def __repr__(self):
+        return (f"ReductionOrder({short_name(self.dtype)}, N={self.world_size}: "
+                f"{100 * self.differ:.1f}% of entries differ, at most "
+                f"{self.max_diff_eps:.2f} eps)")
+
+
+def reduction_order(world_size: int, n: int = 100_000, dtype="fp32",
+                    seed: int = 0) -> ReductionOrder:
+    """Compare ``g_1/N + ... + g_N/N`` (DDP divides, then all-reduces) with ``(g_1+...+g_N)/N``.
+
+    Both are added left to right, elementwise, over ``n`` random gradient entries per worker,
+    so the result is the same on every IEEE-754 machine. For N a power of two the division
+    is exact (barring underflow) and the two agree bit for bit; otherwise each g_r/N is
+    rounded first and the sums can differ by an ulp or so.
+    """
+    _check_world_size(world_size)
+    _positive_int(n, "n")
+    dt = resolve_dtype(dtype)
+    g = torch.randn(world_size, n, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)
+    parts = g.to(dt)
+    pre = torch.zeros(n, dtype=dt)
+    post = torch.zeros(n, dtype=dt)
+    for r in range(world_size):
+        pre = pre + parts[r] / world_size
+        post = post + parts[r]
+    post = post / world_size
+    # The error scale of a sum is eps times the sum of magnitudes (not of the possibly
+    # cancelling result): measure the difference in those units.
+    scale = torch.finfo(dt).eps * parts.double().abs().sum(0) / world_size
+    worst = float(((pre.double() - post.double()).abs() / scale).max())
+    return ReductionOrder(world_size, str(dt).removeprefix("torch."),
+                          float((pre != post).double().mean()), worst)
 
 
 # --- synchronised BatchNorm --------------------------------------------------------------

@@ -213,8 +213,25 @@ def launched():
         ("batchnorm_check", {"shape": (8, 3, 4, 4), "dtype": "fp64"}),
         ("batchnorm_check", {"shape": (12, 5), "dtype": "fp32"}),
         ("batchnorm_sync", BN_SWEEP),
+        ("torch_syncbn_on_cpu", {}),
         timeout=240,
     )
+
+
+def test_torch_syncbatchnorm_refuses_cpu_in_a_process_group(launched):
+    if torch.cuda.is_available():
+        pytest.skip("workers use CUDA here")
+    assert launched[7].startswith("ValueError: SyncBatchNorm expected input tensor to be on GPU")
+
+
+def test_alive_pids_agrees_with_the_independent_helper():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert nd.alive_pids([proc.pid]) == [proc.pid] and _alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert nd.alive_pids([proc.pid]) == [] and not _alive(proc.pid)
 
 
 def test_ddp_matches_one_process_up_to_rounding(launched):
@@ -295,6 +312,39 @@ def test_cpu_sync_batchnorm_is_plain_batchnorm_without_a_process_group():
 def test_bad_experiment_arguments_fail_before_any_launch(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- the order of additions -----------------------------------------------------------
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from([1, 2, 4, 8, 16]), st.integers(0, 1000), st.sampled_from(["fp32", "fp64"]))
+def test_dividing_first_is_exact_for_powers_of_two(n_workers, seed, dtype):
+    r = nd.reduction_order(n_workers, n=2000, dtype=dtype, seed=seed)
+    assert r.differ == 0.0 and r.max_diff_eps == 0.0
+
+
+@pytest.mark.parametrize("n_workers", [3, 5, 7])
+def test_dividing_first_differs_by_a_few_ulps_otherwise(n_workers):
+    r = nd.reduction_order(n_workers, n=20_000)
+    assert 0.1 < r.differ < 1.0
+    # each of the N divisions and 2N additions rounds once: a few eps of the magnitude sum
+    assert 0 < r.max_diff_eps <= 2 * n_workers
+    # independent check of one entry, in plain Python floats rounded to fp32 through torch
+    g = torch.randn(n_workers, 20_000, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64).float()
+    pre = sum((g[i] / n_workers for i in range(n_workers)), torch.zeros(20_000))
+    post = sum((g[i] for i in range(n_workers)), torch.zeros(20_000)) / n_workers
+    assert r.differ == pytest.approx(float((pre != post).double().mean()))
+
+
+def test_reduction_order_bad_input():
+    with pytest.raises(ValueError, match="world_size"):
+        nd.reduction_order(0)
+    with pytest.raises(ValueError, match="n must"):
+        nd.reduction_order(2, n=0)
+    with pytest.raises(ValueError, match="dtype"):
+        nd.reduction_order(2, dtype="int3")
 
 
 # --- stale gradients -------------------------------------------------------------------------
