@@ -484,6 +484,22 @@ class AnomalyReport:
     def raised(self) -> bool:
         return self.function is not None
 
+    def trimmed(self, frames: int = 3) -> str:
+        """``captured`` with each forward traceback cut to its innermost ``frames`` frames."""
+        frames = _check_int(frames, "frames", 1)
+        out = []
+        for text in self.captured.split("\nUserWarning: "):
+            head, sep, rest = text.partition("Traceback of forward call that caused the error:\n")
+            if not sep:
+                out.append(text)
+                continue
+            body, _, tail = rest.partition(" (Triggered internally")
+            found = list(_FRAME.finditer(body))
+            kept = body[found[-frames].start():] if len(found) > frames else body
+            skipped = f"  ... {len(found) - frames} outer frames ...\n" if len(found) > frames else ""
+            out.append(head + sep + skipped + "  " + kept.rstrip() + "\n (Triggered internally" + tail)
+        return "\nUserWarning: ".join(out)
+
     def __repr__(self):
         if not self.raised:
             return "AnomalyReport(no NaN in the backward pass: anomaly mode raised nothing)"

@@ -241,6 +241,9 @@ def test_anomaly_demo_finds_a_backward_only_nan(case, function, text):
     assert demo.report.file.endswith("debugging.py")
     assert "Traceback of forward call" in demo.report.captured
     assert demo.overhead is None
+    short = demo.report.trimmed(frames=2)
+    assert text in short and "outer frames" in short and len(short) < len(demo.report.captured)
+    assert short.count('File "') == 2
 
 
 def test_anomaly_report_quiet_when_backward_is_clean_and_reraises_other_errors():
@@ -365,6 +368,8 @@ def test_bad_input():
         dbg.anomaly_report(3)
     with pytest.raises(ValueError, match="case"):
         dbg.anomaly_demo("log")
+    with pytest.raises(ValueError, match="frames"):
+        dbg.anomaly_report(lambda: None).trimmed(frames=0)
     with pytest.raises(ValueError, match="repeats"):
         dbg.anomaly_overhead(repeats=0)
     with pytest.raises(ValueError, match="pathology"):

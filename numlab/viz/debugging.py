@@ -66,8 +66,9 @@ def plot_curves(ax, run: dbg.CurveRun, fresh: bool = True):
     (val,) = ax.plot(run.steps, _positive(run.val_loss), color=VAL, label="validation")
     (new,) = ax.plot(run.steps, _positive(run.fresh_loss), ":", color=FRESH,
                      label="fresh held-out", visible=fresh)
-    stop = ax.axvline(run.stopped_at if run.stopped_at is not None else 0, color=BAD, ls="--",
-                      lw=1.5, label="NanGuard stop", visible=run.stopped_at is not None)
+    stopped = run.stopped_at is not None
+    stop = ax.axvline(run.stopped_at if stopped else 0, color=BAD, ls="--", lw=1.5,
+                      label="NanGuard stop" if stopped else "_nolegend_", visible=stopped)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss")
@@ -96,8 +97,8 @@ class PathologyExplorer(Explorer):
             "val": self.ax_loss.plot([], [], color=VAL, label="validation")[0],
             "fresh": self.ax_loss.plot([], [], ":", color=FRESH, label="fresh held-out")[0],
         }
-        self.stop = self.ax_loss.axvline(0, color=BAD, ls="--", lw=1.5, label="NanGuard stop",
-                                         visible=False)
+        # not in the legend: the status line says where NanGuard stopped a run
+        self.stop = self.ax_loss.axvline(0, color=BAD, ls="--", lw=1.5, visible=False)
         self.ax_loss.set(yscale="log", xlabel="step", ylabel="cross-entropy loss")
         self.ax_loss.legend(loc="lower left")
         self.layer_lines = [self.ax_norm.plot([], [], marker="o", ms=3, color=c,
