@@ -1,0 +1,68 @@
+"""Exercises of notebooks/01_gradient_checking.ipynb; each answer is computed by numlab."""
+import warnings
+
+import torch
+
+from numlab.check import Exercise
+from numlab.finite_diff import gradcheck, sweep_h
+from numlab.layers import problem
+
+
+def _largest_passing_scale() -> float:
+    """The largest input scale 10**-k (k = 0..6) at which the check passes tanh_small_x."""
+    for k in range(7):
+        if gradcheck(*problem("tanh", 16, wrong=True, scale=10.0**-k)).passed:
+            return 10.0**-k
+    return 0.0
+
+
+def _torch_fp32_verdict() -> bool:
+    fn, inputs = problem("tanh", 16, dtype="fp32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about float32 inputs; that is the point
+        return torch.autograd.gradcheck(fn, inputs, raise_exception=False)
+
+
+EXERCISES = {
+    "01.1": Exercise(
+        prompt="The rule-of-thumb central-difference step cbrt(eps) for bfloat16.",
+        expected=lambda: torch.finfo(torch.bfloat16).eps ** (1 / 3),
+        rtol=1e-3,
+        hint="bf16 keeps 7 stored mantissa bits, so eps = 2**-7.",
+    ),
+    "01.2": Exercise(
+        prompt="With numlab's default grid of steps, which h gives the smallest central-difference "
+               "error for exp at x = 1 in float32?",
+        expected=lambda: sweep_h("exp", 1.0, "fp32").best_central_h,
+        rtol=1e-6,
+        hint="sweep_h(...) returns best_central_h; the grid has ten steps per decade.",
+    ),
+    "01.3": Exercise(
+        prompt="The fitted slope of log(error) against log(h) for the forward difference of tanh "
+               "at x = 0.5 in float64 (truncation-dominated range).",
+        expected=lambda: sweep_h("tanh", 0.5, "fp64").slope("forward"),
+        rtol=0.05,
+        hint="Taylor: (f(x+h) - f(x))/h = f'(x) + h f''(x)/2 + ...",
+    ),
+    "01.4": Exercise(
+        prompt="How many of the 16 x 16 Jacobian entries of layer_norm_forgot_mean "
+               "(problem('layer_norm', 16, wrong=True)) fail |a - n| <= 1e-5 + 1e-3 |n|?",
+        expected=lambda: gradcheck(*problem("layer_norm", 16, wrong=True)).n_failed,
+        rtol=0,
+        hint="The missing term mean(g)/sigma touches every entry, not only the diagonal.",
+    ),
+    "01.5": Exercise(
+        prompt="Scaling the inputs by 10**-k (k = 0, 1, 2, ...), what is the largest scale at "
+               "which the float64 check passes tanh_small_x (problem('tanh', 16, wrong=True, "
+               "scale=...))?",
+        expected=_largest_passing_scale,
+        rtol=1e-9,
+        hint="tanh(x)**2 and x**2 differ by about 2 x**4 / 3; compare that with atol = 1e-5.",
+    ),
+    "01.6": Exercise(
+        prompt="Does torch.autograd.gradcheck, with its default eps, pass the correct tanh layer "
+               "(problem('tanh', 16, dtype='fp32')) in float32? (True or False)",
+        expected=_torch_fp32_verdict,
+        hint="Rounding error of the difference is about eps_mach / eps = 1.2e-7 / 1e-6.",
+    ),
+}
