@@ -16,6 +16,7 @@ Only torch is imported here; the drawing lives in :mod:`numlab.viz.clipping`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,19 @@ class DepthProfile:
         )
 
 
+@functools.lru_cache(maxsize=16)
+def _haar_orthogonal(depth: int, width: int, seed: int) -> torch.Tensor:
+    # Cached: a slider that only moves the gain reuses the QR (the costly part). Callers
+    # only read the result (gain * q makes a new tensor).
+    gen = torch.Generator().manual_seed(seed)
+    with _one_thread():
+        # QR of a Gaussian matrix in float64 (one batched call); fixing the signs of R's
+        # diagonal makes Q Haar-distributed rather than biased by the QR convention.
+        q, r = torch.linalg.qr(torch.randn(depth, width, width, generator=gen,
+                                           dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
 def orthogonal_stack(depth: int, width: int, gain: float = 1.0, *, seed: int = 0,
                      dtype=torch.float64, device="cpu") -> torch.Tensor:
     """``depth`` matrices ``gain * Q`` with ``Q`` orthogonal (Haar), shape (depth, width, width).
@@ -155,11 +169,7 @@ def orthogonal_stack(depth: int, width: int, gain: float = 1.0, *, seed: int = 0
     depth = _positive_int("depth", depth)
     width = _positive_int("width", width)
     gain = _positive_float("gain", gain)
-    gen = torch.Generator().manual_seed(seed)
-    # QR of a Gaussian matrix in float64 (one batched call); fixing the signs of R's
-    # diagonal makes Q Haar-distributed rather than biased by the QR convention.
-    q, r = torch.linalg.qr(torch.randn(depth, width, width, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    q = _haar_orthogonal(depth, width, int(seed))
     return (gain * q).to(dtype=_resolve_dtype(dtype), device=_resolve_device(device))
 
 
