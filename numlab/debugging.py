@@ -303,7 +303,7 @@ class NanGuard:
         if self.last_finite_step is None:
             before = "no earlier step had a finite loss"
         else:
-            before = f"last finite step {self.last_finite_step} (loss {self.last_finite_loss:.6g})"
+            before = f"last finite step {self.last_finite_step} (loss {self.last_finite_loss:.4g})"
         raise FloatingPointError(f"non-finite loss at step {step}: loss = {value}; {before}")
 
     def __enter__(self):
@@ -820,12 +820,13 @@ def nanguard_run(bad_batch: int = 37, batches: int = 60, batch_size: int = 16,
         return model, np.array(losses)
 
     stopped, message = None, ""
-    try:
-        with NanGuard() as guard:
-            train(guard)
-    except FloatingPointError as err:
-        stopped, message = guard.tripped_at, str(err)
-    model, losses = train(None)
+    with _one_thread():  # a fixed summation order: the same losses on every run
+        try:
+            with NanGuard() as guard:
+                train(guard)
+        except FloatingPointError as err:
+            stopped, message = guard.tripped_at, str(err)
+        model, losses = train(None)
     bad_params = sum(int(torch.isnan(p).sum()) for p in model.parameters())
     return GuardRun(bad_batch, stopped, message, bad_params, losses)
 
