@@ -70,9 +70,13 @@ def _check_dtype(dtype):
     from numlab.formats import resolve_dtype  # lazy: the lead's module, imported on use
 
     dtype = resolve_dtype(dtype)
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    if dtype not in _TRAINABLE:
+        raise ValueError(f"dtype must be one of fp16, bf16, fp32, fp64 (the ones these models "
+                         f"train in), got {dtype}")
     return dtype
+
+
+_TRAINABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _device(device):

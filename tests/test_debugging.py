@@ -309,6 +309,13 @@ def test_curves_alone_cannot_see_the_leak(runs):
     assert dbg.diagnose_curves(mis.train_loss, mis.val_loss).verdict == "preprocessing mismatch"
 
 
+def test_pathology_run_in_float64_tells_the_same_story():
+    run = dbg.pathology_run("overfitting", dtype="fp64", steps=60)
+    ref = dbg.pathology_run("overfitting", steps=60)
+    assert run.diagnosis.verdict == ref.diagnosis.verdict == "overfitting"
+    assert np.allclose(run.train_loss, ref.train_loss, rtol=1e-3)
+
+
 def test_pathology_run_is_deterministic():
     a = dbg.pathology_run("overfitting", steps=30)
     b = dbg.pathology_run("overfitting", steps=30)
@@ -380,6 +387,14 @@ def test_bad_input():
         dbg.pathology_run("healthy", dtype="int8x")
     with pytest.raises(ValueError, match="device"):
         dbg.pathology_run("healthy", device="tpu")
+    with pytest.raises(ValueError, match="dtype"):
+        dbg.pathology_run("healthy", dtype="fp8_e4m3fn")
+    with pytest.raises(ValueError, match="seed"):
+        dbg.forward_nan_model(seed=-1)
+    with pytest.raises(ValueError, match="steps"):
+        dbg.misinit_run(steps=0)
+    with pytest.raises(ValueError, match="same length"):
+        dbg.falls_while_val_rises([1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match="bad_layer"):
         dbg.misinit_mlp(bad_layer=4)
     with pytest.raises(ValueError, match="scale"):
