@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from numlab.device import pick
 from numlab.formats import info, resolve_dtype, short_name
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -173,9 +174,9 @@ def logit_pattern(scale, n_classes: int, dtype="fp32", device="cpu") -> torch.Te
     ``scale`` may be a number or a 1-D tensor of scales (one row of logits per scale). The
     top logit is ``scale`` itself; the gap between the top and bottom class is ``2 * scale``.
     """
-    dtype = resolve_dtype(dtype)
+    dtype, device = resolve_dtype(dtype), pick(device)
     n = _check_n_classes(n_classes)
-    s = torch.as_tensor(scale, dtype=torch.float64, device=device)
+    s = torch.as_tensor(scale, dtype=torch.float64).to(device)
     u = torch.linspace(1.0, -1.0, n, dtype=torch.float64, device=device)
     return (s.unsqueeze(-1) * u).to(dtype)
 
@@ -213,19 +214,19 @@ def _stable_all(logits: torch.Tensor, target: int):
     return shifted_sum(logits), softmax_stable(logits), loss.detach(), grad
 
 
-def _first_bad(bad, dtype: torch.dtype, per_round: int = 256) -> float:
+def _first_bad(bad, dtype: torch.dtype, per_round: int = 256, known_bad: float | None = None) -> float:
     """Smallest positive value s of ``dtype`` with ``bad(s)``, by bisection on the bit patterns.
 
     ``bad`` maps a 1-D tensor of values to a bool tensor, and must be false up to some
-    value and true from there on. First the bracket is found by doubling s from 1 (so no
-    absurdly large logits are tried), then it is narrowed over the bit patterns: for
-    positive floats the pattern, read as an integer, grows with the value, so every
-    representable number between is a candidate, not a grid. Each round tests up to
-    ``per_round`` evenly spaced patterns in one batched call and keeps the bracket where
-    the first bad one lies.
+    value and true from there on. First a bracket [lo, hi] is found: by doubling s from 1
+    (so no absurdly large logits are tried), or, given a ``known_bad`` value, by halving
+    down from it. Then the bracket is narrowed over the bit patterns: for positive floats
+    the pattern, read as an integer, grows with the value, so every representable number
+    between is a candidate, not a grid. Each round tests up to ``per_round`` evenly spaced
+    patterns in one batched call and keeps the bracket where the first bad one lies.
     """
     itype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.empty((), dtype=dtype).element_size()]
-    largest = info(dtype).max
+    largest, tiny = info(dtype).max, info(dtype).tiny
 
     def values(patterns):
         return torch.tensor(patterns, dtype=itype).view(dtype)
@@ -233,11 +234,21 @@ def _first_bad(bad, dtype: torch.dtype, per_round: int = 256) -> float:
     def pattern(value: float) -> int:
         return int(torch.tensor(value, dtype=dtype).view(itype))
 
-    lo_value, hi_value = 0.0, 1.0  # +0.0 is safe for every naive form here
-    while not bool(bad(torch.tensor([hi_value], dtype=dtype))[0]):
-        if hi_value == largest:
-            return math.inf
-        lo_value, hi_value = hi_value, min(2 * hi_value, largest)
+    def bad_at(value: float) -> bool:
+        return bool(bad(torch.tensor([value], dtype=dtype))[0])
+
+    if known_bad is not None and math.isfinite(known_bad) and bad_at(known_bad):
+        lo_value, hi_value = known_bad / 2, known_bad
+        while lo_value >= tiny and bad_at(lo_value):
+            lo_value, hi_value = lo_value / 2, lo_value
+        if lo_value < tiny:
+            lo_value = 0.0  # +0.0 is safe for every naive form here
+    else:
+        lo_value, hi_value = 0.0, 1.0
+        while not bad_at(hi_value):
+            if hi_value == largest:
+                return math.inf
+            lo_value, hi_value = hi_value, min(2 * hi_value, largest)
     lo, hi = pattern(lo_value), pattern(hi_value)
     while hi - lo > 1:  # invariant: bad(value(hi)) and not bad(value(lo))
         step = max(1, (hi - lo) // per_round)
@@ -269,21 +280,32 @@ class Breakpoints:
 
 @functools.lru_cache(maxsize=256)
 def _breakpoints(dtype: torch.dtype, n: int, target: int) -> Breakpoints:
-    def bad(index: int):
-        def rows_bad(s: torch.Tensor) -> torch.Tensor:
-            out = _naive_all(logit_pattern(s.double(), n, dtype), target)[index]
-            return ~torch.isfinite(out.reshape(len(s), -1)).all(-1)
-        return rows_bad
+    def rows(s: torch.Tensor) -> torch.Tensor:
+        return logit_pattern(s.double(), n, dtype)
 
-    # [0]: the normaliser overflowed, so p is NaN (inf/inf) or all 0 (x/inf); [2] loss; [3] grad
+    def targets(z):
+        return torch.full(z.shape[:-1], target, dtype=torch.long)
+
+    def sum_bad(s):  # the normaliser overflowed: p is NaN (inf/inf) or all 0 (x/inf)
+        return torch.isinf(torch.exp(rows(s)).sum(-1))
+
+    def loss_bad(s):
+        z = rows(s)
+        return ~torch.isfinite(cross_entropy_naive(z, targets(z), reduction="none"))
+
+    def grad_bad(s):
+        return ~torch.isfinite(_naive_all(rows(s), target)[3]).all(-1)
+
     # torch runs exp/log on large tensors across threads; on a busy machine that
     # wake-up costs more than the work, so each round stays at about 1024 logits.
     per_round = max(16, 1024 // n)
-    return Breakpoints(
-        dtype=short_name(dtype), n_classes=n, target=target,
-        softmax=_first_bad(bad(0), dtype, per_round), loss=_first_bad(bad(2), dtype, per_round),
-        grad=_first_bad(bad(3), dtype, per_round),
-    )
+    # Once the sum overflows the loss is inf/NaN, and a non-finite loss has a NaN gradient,
+    # so each search starts from the previous threshold and halves down to a bracket.
+    softmax = _first_bad(sum_bad, dtype, per_round)
+    loss = _first_bad(loss_bad, dtype, per_round, known_bad=softmax)
+    grad = _first_bad(grad_bad, dtype, per_round, known_bad=loss)
+    return Breakpoints(dtype=short_name(dtype), n_classes=n, target=target,
+                       softmax=softmax, loss=loss, grad=grad)
 
 
 def breakpoints(dtype="fp32", n_classes: int = 2, target="low") -> Breakpoints:
@@ -433,7 +455,7 @@ def sweep_bce(zs, dtype="fp32", target: float = 1.0, device="cpu") -> BinarySwee
     ``first_bad`` holds, for each naive quantity, the z of smallest magnitude at which it
     is inf/NaN (on either side of 0), or None.
     """
-    dtype = resolve_dtype(dtype)
+    dtype, device = resolve_dtype(dtype), pick(device)
     grid = _as_grid(zs, "zs", positive=False)
     if isinstance(target, bool) or not isinstance(target, int | float) or not 0 <= target <= 1:
         raise ValueError(f"target must be a number in [0, 1], got {target!r}")

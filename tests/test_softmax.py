@@ -359,3 +359,8 @@ def test_threshold_and_sweep_bad_input():
         sm.sweep_bce([math.inf], "fp32")
     with pytest.raises(ValueError, match="which must be"):
         sm.sweep_bce([1.0], "fp32").rel_error("bce")
+    with pytest.raises(ValueError, match="device must be one of"):
+        sm.sweep_logits([1.0], "fp32", device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available here"):
+            sm.sweep_bce([1.0], "fp32", device="cuda")
