@@ -4,7 +4,8 @@ usage: python benchmarks/bench_gradcheck.py [--sizes 64 256 1024] [--repeats 5] 
 
 For every hand-written layer in numlab.layers (the correct and the wrong version) and every
 input size n, times numlab's batched check and torch's check with fast_mode=False and
-fast_mode=True (median of --repeats runs, after one warm-up), all in float64 with the same
+fast_mode=True (median of --repeats rounds in which the three take turns, so a shared
+machine's load hits all three alike, after one warm-up round), all in float64 with the same
 eps/atol/rtol, and prints a markdown table with the ratios and the three verdicts.
 Wrong layers are included on purpose: a checker must be fast on the failures too.
 """
@@ -29,9 +30,15 @@ from numlab.layers import LAYERS, problem  # noqa: E402
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3
 
 
-def median_ms(call, repeats: int) -> tuple[float, object]:
-    """Median wall time of ``call()`` in ms (after one warm-up: first vmap trace) and its value."""
-    return 1e3 * median(time_calls(call, repeat=repeats, warmup=1)), call()
+def interleaved_ms(calls: dict, repeats: int) -> tuple[dict, dict]:
+    """Median ms of each call, timed in turn within every round (shared-machine load then
+    hits all of them alike), after one untimed warm-up round; and each call's value."""
+    values = {name: call() for name, call in calls.items()}  # warm-up: first vmap trace
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times[name].append(1e3 * median(time_calls(call, repeat=1, warmup=0)))
+    return {name: median(ts) for name, ts in times.items()}, values
 
 
 def main(argv=None) -> int:
@@ -50,20 +57,24 @@ def main(argv=None) -> int:
         for wrong in (False, True):
             for n in args.sizes:
                 fn, inputs = problem(name, n, wrong=wrong, seed=0)
-                ours_ms, ours = median_ms(functools.partial(gradcheck, fn, inputs, **settings),
-                                          args.repeats)
                 check = functools.partial(torch.autograd.gradcheck, fn, inputs,
                                           raise_exception=False, **settings)
+
+                def fast(check=check):
+                    torch.manual_seed(0)  # fast mode draws random projections: repeatable
+                    return check(fast_mode=True)
+
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    full_ms, full = median_ms(check, max(1, args.repeats // 2))
-                    torch.manual_seed(0)  # fast mode draws random projections: repeatable
-                    fast_ms, fast = median_ms(functools.partial(check, fast_mode=True),
-                                              args.repeats)
+                    ms, values = interleaved_ms(
+                        {"ours": functools.partial(gradcheck, fn, inputs, **settings),
+                         "full": check, "fast": fast}, args.repeats)
+                ours_ms, full_ms, fast_ms = ms["ours"], ms["full"], ms["fast"]
+                ours, full, fast_ok = values["ours"], values["full"], values["fast"]
                 agree = ours.passed == full
                 disagreements += not agree
                 ratios.setdefault(n, []).append(full_ms / ours_ms)
-                verdicts = " / ".join("pass" if v else "FAIL" for v in (ours.passed, full, fast))
+                verdicts = " / ".join("pass" if v else "FAIL" for v in (ours.passed, full, fast_ok))
                 rows.append([f"{name}{' (wrong)' if wrong else ''}", n, f"{ours_ms:.2f}",
                              f"{full_ms:.1f}", f"{fast_ms:.2f}", f"{full_ms / ours_ms:.1f}x",
                              f"{fast_ms / ours_ms:.2f}x",

@@ -532,21 +532,25 @@ def _analytical(fn, args, checked, outputs, batched) -> tuple[torch.Tensor, bool
     return _cat(blocks).cpu(), batched
 
 
-def _top_entries(score: torch.Tensor, diff: torch.Tensor, k: int) -> list[int]:
+def _top_entries(score: torch.Tensor, a: torch.Tensor, n: torch.Tensor, k: int) -> list[int]:
     """Flat indices of the k largest scores, ties broken by the larger |a - n| (no full sort)."""
     if k == 0:
         return []
+
+    def abs_err(idx):
+        return (a[idx] - n[idx]).abs().nan_to_num(math.inf)
+
     values, chosen = torch.topk(score, min(k + 1, score.numel()))
     if values.numel() > k and values[k - 1] == values[k]:
         # A tie across the cut (e.g. many exact zeros): settle it by |a - n|.
         threshold = values[k - 1]
         above = torch.nonzero(score > threshold).reshape(-1)
         tied = torch.nonzero(score == threshold).reshape(-1)
-        tied = tied[torch.topk(diff[tied].nan_to_num(math.inf), k - above.numel()).indices]
+        tied = tied[torch.topk(abs_err(tied), k - above.numel()).indices]
         chosen = torch.cat([above, tied])
     chosen = chosen[:k]
     # Small final sort: by score, then by |a - n|, both descending.
-    chosen = chosen[torch.argsort(diff[chosen].nan_to_num(math.inf), descending=True, stable=True)]
+    chosen = chosen[torch.argsort(abs_err(chosen), descending=True, stable=True)]
     chosen = chosen[torch.argsort(score[chosen], descending=True, stable=True)]
     return chosen.tolist()
 
@@ -622,19 +626,23 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
     diff = analytical.sub(numerical).abs_()
     tol = numerical.abs().mul_(rtol).add_(atol)
     ok = diff <= tol  # bit for bit what isclose computes for finite values
-    score = diff / tol
-    if not bool(ok.all()):  # non-finite entries: inf == inf counts as close, as in isclose
+    all_ok = bool(ok.all())
+    score = diff.div_(tol)  # in place: |a - n| itself is recomputed only where reported
+    del diff, tol
+    if not all_ok:  # non-finite entries: inf == inf counts as close, as in isclose
         ok = torch.isclose(analytical, numerical, rtol=rtol, atol=atol)
-    if atol == 0 or not bool(ok.all()):  # 0/0 or NaN ratios: 0 if close, else inf
+        all_ok = bool(ok.all())
+    if atol == 0 or not all_ok:  # 0/0 or NaN ratios: 0 if close, else inf
         score = torch.where(ok, score.nan_to_num(0.0, posinf=0.0),
                             score.nan_to_num(math.inf).clamp(min=1.0))
-    n_failed = 0 if bool(ok.all()) else int(ok.numel() - int(ok.sum()))
+    n_failed = 0 if all_ok else int(ok.numel() - int(ok.sum()))
     out_shapes = [o.shape for o in outputs]
     out_starts = [0, *torch.tensor([o.numel() for o in outputs]).cumsum(0).tolist()]
     in_shapes = [args[i].shape for i in checked]
     in_starts = [0, *torch.tensor([args[i].numel() for i in checked]).cumsum(0).tolist()]
     worst = []
-    for flat in _top_entries(score.reshape(-1), diff.reshape(-1), min(top, score.numel())):
+    a_flat, n_flat = analytical.reshape(-1), numerical.reshape(-1)
+    for flat in _top_entries(score.reshape(-1), a_flat, n_flat, min(top, score.numel())):
         r, c = divmod(flat, score.shape[1])
         o = bisect.bisect_right(out_starts, r) - 1
         j = bisect.bisect_right(in_starts, c) - 1
@@ -643,7 +651,7 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
         worst.append(Entry(
             output=o, out_index=_index(r - out_starts[o], out_shapes[o]),
             input=checked[j], in_index=_index(c - in_starts[j], in_shapes[j]),
-            analytical=a, numerical=n, abs_error=float(diff[r, c]),
+            analytical=a, numerical=n, abs_error=abs(a - n),
             rel_error=abs(a - n) / big if big > 0 else 0.0, score=float(score[r, c]),
         ))
     return GradcheckReport(

@@ -216,7 +216,8 @@ def test_verdict_agrees_with_torch_on_every_layer(name, wrong):
 
 
 @pytest.mark.parametrize(("eps", "atol", "rtol"), [(1e-6, 1e-5, 1e-3), (1e-3, 1e-5, 1e-3),
-                                                  (1e-4, 1e-9, 0.0), (1e-2, 1e-3, 1e-2)])
+                                                  (1e-4, 1e-9, 0.0), (1e-2, 1e-3, 1e-2),
+                                                  (1e-6, 0.0, 1e-3), (1e-6, 0.0, 0.0)])
 @pytest.mark.parametrize("scale", [0.05, 0.2])
 def test_verdict_agrees_on_borderline_settings(eps, atol, rtol, scale):
     # tanh_small_x is wrong by about x**4: small inputs put it near the acceptance line.
@@ -393,3 +394,13 @@ def test_ties_across_the_cut_are_settled_by_the_absolute_error():
     assert [e.score for e in report.worst] == sorted((e.score for e in report.worst), reverse=True)
     assert all(e.score == 0 and e.abs_error == 0 for e in report.worst[6:])
     assert len(report.worst) == 8
+
+
+def test_non_finite_jacobians_fail_like_torch():
+    # sqrt at 0: the analytical derivative is inf (and 0 * inf = NaN off the diagonal of
+    # column 0), the numerical one NaN (sqrt(-eps)).
+    x = torch.tensor([0.0, 1.0, 4.0], dtype=torch.float64, requires_grad=True)
+    report = gradcheck(torch.sqrt, (x,), top=3)
+    assert report.passed is torch_verdict(torch.sqrt, (x,)) is False
+    assert all(e.in_index == (0,) and e.score == math.inf for e in report.worst)
+    assert report.n_failed == 3
