@@ -449,6 +449,9 @@ def train_rnn(clip: str | None = None, max_norm: float = 1.0, *, lr: float = 0.3
     place for the clip; ``"backward-step-clip"`` clips after ``optimizer.step()``, where it
     no longer changes the update. Everything (data, initial weights) is fixed by ``seed``.
     ``progress(step, steps)`` is called every 10 steps (for a progress bar).
+
+    A run is a pure function of its arguments, so runs without ``progress`` are memoised
+    (the last 64): a notebook that asks twice trains once. Treat the tensors as read-only.
     """
     if clip not in CLIP_MODES:
         raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
@@ -460,9 +463,24 @@ def train_rnn(clip: str | None = None, max_norm: float = 1.0, *, lr: float = 0.3
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     dtype, device = _resolve_dtype(dtype), _resolve_device(device)
-
     batch = _positive_int("batch", batch)
     seq_len = _positive_int("seq_len", seq_len, minimum=2)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    args = (clip, max_norm, lr, steps, seed, seq_len, hidden, batch, gain, order, dtype, device)
+    if progress is None:
+        return _train_memo(*args)
+    return _train(*args, progress)
+
+
+@functools.lru_cache(maxsize=64)
+def _train_memo(*args) -> TrainingRun:
+    return _train(*args, None)
+
+
+def _train(clip, max_norm, lr, steps, seed, seq_len, hidden, batch, gain, order, dtype, device,
+           progress) -> TrainingRun:
+    """The SGD loop of :func:`train_rnn` (arguments already checked)."""
     # A fresh batch per step from one generator: a shorter run sees the same first batches.
     data = torch.Generator().manual_seed(seed)
     rnn, head = _make_rnn(hidden, gain, seed, dtype, device)

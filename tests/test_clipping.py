@@ -252,6 +252,15 @@ def test_runs_are_deterministic_and_leave_global_state_alone():
     assert torch.get_num_threads() == threads
 
 
+def test_runs_are_memoised_unless_a_progress_callback_is_given():
+    a = train_rnn("norm", 0.7, steps=30, seed=4)
+    assert train_rnn("norm", 0.7, steps=30, seed=4) is a
+    b = train_rnn("norm", 0.7, steps=30, seed=4, progress=lambda *_: None)
+    assert b is not a
+    torch.testing.assert_close(a.losses, b.losses, rtol=0, atol=0)
+    assert train_rnn("norm", 0.7, steps=30, seed=5) is not a
+
+
 def test_progress_callback_reaches_the_end():
     seen = []
     train_rnn("norm", 1.0, steps=21, progress=lambda s, n: seen.append((s, n)))
@@ -276,6 +285,7 @@ def test_training_run_repr():
     ({"gain": -1.0}, ValueError, "gain"),
     ({"order": "step-backward-clip"}, ValueError, "order"),
     ({"dtype": "int8"}, ValueError, "dtype"),
+    ({"seed": 1.5}, TypeError, "seed"),
 ])
 def test_train_rnn_rejects_bad_input(kwargs, exc, word):
     with pytest.raises(exc, match=word):
@@ -296,8 +306,8 @@ def test_threshold_sweep_runs_every_threshold_on_the_same_task():
     s = threshold_sweep((0.25, 1.0, 50.0), steps=60)
     assert s.thresholds.tolist() == [0.25, 1.0, 50.0]
     assert s.unclipped.diverged and not s.diverged[:2].any()
-    one = train_rnn("norm", 1.0, steps=60)
-    assert s.final_loss[1] == pytest.approx(one.final_loss)
+    fresh = train_rnn("norm", 1.0, steps=60, progress=lambda *_: None)  # not memoised
+    assert s.final_loss[1] == pytest.approx(fresh.final_loss)
     assert s.fraction_clipped[0] >= s.fraction_clipped[1]
     finite = torch.where(torch.isnan(s.final_loss), torch.inf, s.final_loss)
     assert s.best == s.thresholds[int(torch.argmin(finite))]
