@@ -583,7 +583,7 @@ class BatchNormSweep:
         return f"BatchNormSweep({self.world_size} workers, accuracy local/sync: {rows})"
 
 
-def _prepare_bn_sweep(world_size, per_device_batch=(2, 4, 8, 32), steps=100, lr=0.05, seed=0,
+def _prepare_bn_sweep(world_size, per_device_batch=(2, 4, 8, 32), steps=60, lr=0.05, seed=0,
                       test_size=2000):
     _check_world_size(world_size)
     batches = (per_device_batch,) if isinstance(per_device_batch, int) else per_device_batch
@@ -613,7 +613,7 @@ JOBS["batchnorm_sync"] = Job(
 )
 
 
-def batchnorm_sync(world_size: int = 2, per_device_batch=(2, 4, 8, 32), steps: int = 100,
+def batchnorm_sync(world_size: int = 2, per_device_batch=(2, 4, 8, 32), steps: int = 60,
                    lr: float = 0.05, seed: int = 0, test_size: int = 2000, *,
                    backend: str = "auto", timeout: float = 300.0) -> BatchNormSweep:
     """Train a BatchNorm classifier with DDP, local vs synchronised statistics.

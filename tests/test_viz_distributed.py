@@ -118,6 +118,7 @@ def test_explore_batchnorm_trains_each_worker_count_once():
 
     e = vd.explore_batchnorm(per_device_batch=2, world_size=2, batches=(2, 4, 8), runner=runner)
     assert e.error is None and calls == [2]
+    assert e.slow and not vd.explore_staleness().slow
     sweep, i = e.result
     assert sweep.world_size == 2 and i == 0
     assert "per-device batch 2" in e.status.value

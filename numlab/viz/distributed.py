@@ -154,6 +154,7 @@ def explore_staleness(lr: float = 0.8, staleness: int = 2, steps: int = 200):
 
 class BatchNormExplorer(Explorer):
     figsize = (8, 4.2)
+    slow = True  # a worker count not seen before launches processes and trains
 
     def __init__(self, controls, cache: dict, runner, batches):
         self.cache = cache
