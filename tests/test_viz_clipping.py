@@ -49,6 +49,10 @@ def test_plot_training_marks_the_non_finite_step_only_when_there_is_one():
     assert len(a["spikes"].get_offsets()) == len(bad.spike_steps) > 0
     b = plot_training(*new_figure().subplots(2, 1), good)
     assert not b["nonfinite"].get_visible() and b["threshold"].get_visible()
+    labels = [t.get_text() for t in b["norm"].axes.get_legend().get_texts()]
+    assert "threshold" in labels and "first non-finite step" not in labels
+    bad_labels = [t.get_text() for t in a["norm"].axes.get_legend().get_texts()]
+    assert "first non-finite step" in bad_labels and "threshold" not in bad_labels
     np.testing.assert_allclose(b["norm"].get_ydata(), good.grad_norms.numpy())
 
 
@@ -99,6 +103,7 @@ def test_explore_training_retrains_on_change_and_reports_progress():
     assert all(not w.controls[k].continuous_update for k in ("threshold", "lr"))
     assert w.error is None and w.result.diverged
     assert w.artists["nonfinite"].get_visible()
+    assert len(w.ax_norm.get_legend().get_texts()) == 3  # every entry, shown or not
     assert w.progress.value == 40 and w.progress in w.children
     png = w.image.value
     w.controls["clip"].value = "norm"

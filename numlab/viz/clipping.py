@@ -171,11 +171,13 @@ def explore_clipping(gx: float = 2.5, gy: float = 0.8, threshold: float = 1.0):
 
 
 # --- training ---------------------------------------------------------------------------------
-def plot_training(ax_loss, ax_norm, run: clipping.TrainingRun):
+def plot_training(ax_loss, ax_norm, run: clipping.TrainingRun, *, legend_all: bool = False):
     """Loss and pre-clip gradient norm per step (log axes); spikes and the NaN step marked.
 
-    Returns a dict: ``loss``, ``norm`` (Line2D), ``spikes`` (PathCollection), ``threshold``
-    and ``nonfinite`` (Line2D; the latter hidden if the run stayed finite).
+    Returns a dict: ``loss``, ``norm``, ``baseline`` (Line2D), ``spikes`` (PathCollection),
+    ``threshold`` and ``nonfinite`` (Line2D, hidden when there is no threshold / no NaN).
+    The legends list only what is shown, unless ``legend_all`` (a widget whose artists come
+    and go keeps every entry).
     """
     steps = np.arange(len(run.losses))
     loss = _finite(run.losses)
@@ -197,11 +199,14 @@ def plot_training(ax_loss, ax_norm, run: clipping.TrainingRun):
     ax_loss.set_ylabel("loss (MSE)")
     ax_norm.set_ylabel("gradient norm")
     ax_norm.set_xlabel("step")
-    # Legends first, while every artist is visible (a legend copies the visibility).
-    ax_loss.legend(loc="upper right", fontsize=9)
-    ax_norm.legend(loc="upper right", fontsize=9)
-    artists["threshold"].set_visible(run.clip is not None)
-    artists["nonfinite"].set_visible(run.diverged)
+    shown = {"threshold": run.clip is not None, "nonfinite": run.diverged,
+             "spikes": len(run.spike_steps) > 0}
+    for ax in (ax_loss, ax_norm):
+        # A legend copies each artist's visibility, so it is drawn before hiding anything.
+        keep = [a for key, a in artists.items() if a.axes is ax and (legend_all or shown.get(key, 1))]
+        ax.legend(handles=keep, loc="upper right", fontsize=9)
+    artists["threshold"].set_visible(shown["threshold"])
+    artists["nonfinite"].set_visible(shown["nonfinite"])
     return artists
 
 
@@ -216,7 +221,7 @@ def plot_threshold_sweep(ax, sweep: clipping.ThresholdSweep):
     note = ax.text(0.02, 0.95, f"no clipping: {fate}", transform=ax.transAxes, va="top")
     ax.set_xlabel("threshold")
     ax.set_ylabel("mean loss, last 20 steps")
-    ax.legend(loc="lower right")
+    ax.legend(loc="center left")
     return line, base, note
 
 
@@ -235,7 +240,7 @@ class TrainingExplorer(Explorer):
         empty = clipping.TrainingRun(
             clip=None, max_norm=1.0, lr=1.0, losses=_NAN2, grad_norms=_NAN2,
             clipped_steps=_NONE, spike_steps=_NONE, nonfinite_step=None)
-        self.artists = plot_training(self.ax_loss, self.ax_norm, empty)
+        self.artists = plot_training(self.ax_loss, self.ax_norm, empty, legend_all=True)
         for ax in (self.ax_loss, self.ax_norm):
             ax.set_xlim(0, self.steps)
 
