@@ -33,6 +33,19 @@ def noisy_outputs(nb) -> list[str]:
     return found
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _keep_static_view(output) -> None:
+    """Drop a widget's live view (its model id changes every run and its state is not saved)
+    and keep the static PNG that numlab's widgets add, so the file is deterministic and the
+    figure shows on GitHub and in JupyterLab before the notebook is run."""
+    data = output.get("data", {})
+    if WIDGET_VIEW in data and "image/png" in data:
+        del data[WIDGET_VIEW]
+        data["text/plain"] = "[interactive widget: run the notebook to use it]"
+
+
 def run(path: pathlib.Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -45,6 +58,8 @@ def run(path: pathlib.Path) -> list[str]:
             if "execution_count" in out:
                 out["execution_count"] = count
         cell.metadata.pop("execution", None)
+        for out in cell.get("outputs", []):
+            _keep_static_view(out)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata.pop("widgets", None)  # widget state changes every run; the PNG stays
     nbformat.write(nb, path)
