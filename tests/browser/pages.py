@@ -137,7 +137,9 @@ def change_and_compare(explorer, timeout_ms: float) -> tuple[str, bytes, bytes]:
             arg=[img.element_handle(), before_src], timeout=timeout_ms,
         )
     except Exception as err:  # playwright's TimeoutError: say what was tried
+        shown = explorer.inner_text().strip()[-800:]
         raise AssertionError(
-            f"after {action} the figure was not redrawn within {timeout_ms / 1000:.0f} s"
+            f"after {action} the figure did not change within {timeout_ms / 1000:.0f} s "
+            f"(not redrawn, or redrawn identical); the widget shows:\n{shown}"
         ) from err
     return action, before, image_bytes(img)

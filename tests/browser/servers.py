@@ -114,15 +114,19 @@ class Server:
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
-    def request(self, method: str, path: str, timeout: float = 10.0) -> int:
-        req = urllib.request.Request(self.url + path, method=method)
-        if self.token:
+    def request(self, method: str, path: str, body=None, timeout: float = 30.0,
+                token_in_header: bool = True):
+        """``method path`` with the token in a header; a JSON ``body``; returns (status, data)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token and token_in_header:
             req.add_header("Authorization", f"token {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-                return resp.status
+                return resp.status, resp.read()
         except urllib.error.HTTPError as err:
-            return err.code
+            return err.code, err.read()
 
     def remember_children(self) -> None:
         try:

@@ -68,6 +68,9 @@ def _wait_kernel_idle(lab, page, name, timeout_s):
         sessions = _sessions(lab, name)
         if sessions and sessions[0]["kernel"]["execution_state"] == "idle":
             break
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():  # e.g. "Select Kernel" for a notebook without a kernelspec
+            raise AssertionError(f"{name}: JupyterLab asks: {dialog.first.inner_text()[:300]}")
         time.sleep(0.3)
     else:
         raise AssertionError(f"kernel for {name} not idle after {timeout_s} s: {sessions}")
