@@ -13,7 +13,7 @@ def _first_fp16_overflow_depth(gain: float = 1.5, width: int = 64) -> int:
     return 0
 
 
-def _first_step_above(threshold: float = 1e6) -> int:
+def _first_step_above(threshold: float = 1e12) -> int:
     run = train_rnn(None)
     return int(torch.nonzero(run.grad_norms >= threshold).flatten()[0])
 
@@ -42,10 +42,10 @@ EXERCISES = {
     ),
     "02.4": Exercise(
         prompt="In the unclipped toy RNN run (train_rnn(None)), the first step whose gradient "
-               "norm is 1e6 or more.",
+               "norm is 1e12 or more.",
         expected=_first_step_above,
         rtol=0,
-        hint="torch.nonzero(run.grad_norms >= 1e6) lists the steps.",
+        hint="torch.nonzero(run.grad_norms >= 1e12) lists the steps (counted from 0).",
     ),
     "02.5": Exercise(
         prompt="Among the thresholds 0.1, 0.25, 1.0 and 5.0 (clip by norm, 150 steps), the one "
