@@ -1,6 +1,7 @@
 """numlab.finite_diff.gradcheck against torch.autograd.gradcheck, in one run.
 
 usage: python benchmarks/bench_gradcheck.py [--sizes 64 256 1024] [--repeats 5] [--threads 1]
+                                           [--clock cpu|wall]
 
 For every hand-written layer in numlab.layers (the correct and the wrong version) and every
 input size n, times numlab's batched check and torch's check with fast_mode=False and
@@ -16,13 +17,14 @@ import functools
 import platform
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _table import markdown, median, time_calls  # noqa: E402
+from _table import markdown, median  # noqa: E402
 
 from numlab.finite_diff import gradcheck  # noqa: E402
 from numlab.layers import LAYERS, problem  # noqa: E402
@@ -30,14 +32,19 @@ from numlab.layers import LAYERS, problem  # noqa: E402
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3
 
 
-def interleaved_ms(calls: dict, repeats: int) -> tuple[dict, dict]:
-    """Median ms of each call, timed in turn within every round (shared-machine load then
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def interleaved_ms(calls: dict, repeats: int, clock=time.thread_time) -> tuple[dict, dict]:
+    """Median ms of each call, timed in turn within every round (so a shared machine's load
     hits all of them alike), after one untimed warm-up round; and each call's value."""
     values = {name: call() for name, call in calls.items()}  # warm-up: first vmap trace
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            times[name].append(1e3 * median(time_calls(call, repeat=1, warmup=0)))
+            start = clock()
+            call()
+            times[name].append(1e3 * (clock() - start))
     return {name: median(ts) for name, ts in times.items()}, values
 
 
@@ -47,10 +54,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both (1 keeps a shared machine's noise down)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: CPU time of this thread (torch runs on it with --threads 1; "
+                             "other processes' load barely moves it); wall: elapsed time")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu measures one thread: use it with --threads 1")
     print(f"torch {torch.__version__}, {platform.machine()}, {args.threads} thread(s), float64, "
-          f"eps={EPS:g} atol={ATOL:g} rtol={RTOL:g}, median of {args.repeats}\n")
+          f"eps={EPS:g} atol={ATOL:g} rtol={RTOL:g}, {args.clock} time, median of {args.repeats}\n")
     settings = {"eps": EPS, "atol": ATOL, "rtol": RTOL}
     rows, disagreements, ratios = [], 0, {}
     for name in LAYERS:
@@ -68,7 +80,7 @@ def main(argv=None) -> int:
                     warnings.simplefilter("ignore")
                     ms, values = interleaved_ms(
                         {"ours": functools.partial(gradcheck, fn, inputs, **settings),
-                         "full": check, "fast": fast}, args.repeats)
+                         "full": check, "fast": fast}, args.repeats, CLOCKS[args.clock])
                 ours_ms, full_ms, fast_ms = ms["ours"], ms["full"], ms["fast"]
                 ours, full, fast_ok = values["ours"], values["full"], values["fast"]
                 agree = ours.passed == full

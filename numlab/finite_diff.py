@@ -21,6 +21,7 @@ Jacobian from one batched backward.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -549,14 +550,18 @@ def _top_entries(score: torch.Tensor, a: torch.Tensor, n: torch.Tensor, k: int) 
         tied = tied[torch.topk(abs_err(tied), k - above.numel()).indices]
         chosen = torch.cat([above, tied])
     chosen = chosen[:k]
-    # Small final sort: by score, then by |a - n|, both descending.
-    chosen = chosen[torch.argsort(abs_err(chosen), descending=True, stable=True)]
-    chosen = chosen[torch.argsort(score[chosen], descending=True, stable=True)]
-    return chosen.tolist()
+    # Small final sort (k entries, in Python): by score, then by |a - n|, both descending.
+    keys = zip(score[chosen].tolist(), abs_err(chosen).tolist(), chosen.tolist(), strict=True)
+    return [flat for *_, flat in sorted(keys, key=lambda t: (-t[0], -t[1]))]
 
 
 def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
-    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
+    """Row-major multi-index of a flat position (plain Python: k entries, no tensors)."""
+    index = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    return tuple(reversed(index))
 
 
 def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True) -> GradcheckReport:
@@ -637,9 +642,9 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
                             score.nan_to_num(math.inf).clamp(min=1.0))
     n_failed = 0 if all_ok else int(ok.numel() - int(ok.sum()))
     out_shapes = [o.shape for o in outputs]
-    out_starts = [0, *torch.tensor([o.numel() for o in outputs]).cumsum(0).tolist()]
+    out_starts = [0, *itertools.accumulate(o.numel() for o in outputs)]
     in_shapes = [args[i].shape for i in checked]
-    in_starts = [0, *torch.tensor([args[i].numel() for i in checked]).cumsum(0).tolist()]
+    in_starts = [0, *itertools.accumulate(args[i].numel() for i in checked)]
     worst = []
     a_flat, n_flat = analytical.reshape(-1), numerical.reshape(-1)
     for flat in _top_entries(score.reshape(-1), a_flat, n_flat, min(top, score.numel())):
