@@ -69,7 +69,7 @@ def bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue,
 
 def rank_info():
     """``(rank, world_size, sum of ranks by all_reduce, backend)``."""
-    t = torch.tensor([float(dist.get_rank())])
+    t = torch.tensor([float(dist.get_rank())], device=_device())  # nccl needs CUDA tensors
     dist.all_reduce(t)
     return dist.get_rank(), dist.get_world_size(), float(t), dist.get_backend()
 
@@ -219,14 +219,14 @@ class AllReduceSum(torch.autograd.Function):
 class CPUSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose batch statistics are summed over every worker, inside autograd.
 
-    ``torch.nn.SyncBatchNorm`` only trains on CUDA. Here each worker sums ``x`` and its
-    count over its shard, one differentiable ``all_reduce`` gives the global sums and the
-    global mean; a second one gives ``sum((x - mean)**2)``, hence the biased variance of
-    the *whole* batch (two passes: no ``E[x^2] - E[x]^2`` cancellation). The backward of
-    a differentiable all-reduce-sum is an all-reduce-sum of the incoming gradients, so
-    each worker's input gradient also sees the other workers' losses, exactly as in
-    full-batch BatchNorm. Outside training, or without a process group of size > 1, this
-    is plain BatchNorm. Works for (N, C) and (N, C, ...) inputs.
+    ``torch.nn.SyncBatchNorm`` only trains on accelerators. Here each worker sums ``x`` and
+    its count over its shard; one :class:`AllReduceSum` gives the global sums and the
+    global mean, a second one ``sum((x - mean)**2)``, hence the biased variance of the
+    *whole* batch (two passes: no ``E[x^2] - E[x]^2`` cancellation). The backward of an
+    all-reduce-sum is an all-reduce-sum of the incoming gradients, so each worker's input
+    gradient also sees the other workers' losses, exactly as in full-batch BatchNorm.
+    Outside training, or without a process group of size > 1, this is plain BatchNorm.
+    Works for (N, C) and (N, C, ...) inputs.
     """
 
     def _check_input_dim(self, x):
@@ -319,16 +319,18 @@ def bn_check(shape, seed: int, dtype: str):
     cot_all = torch.randn(*shape, generator=g, dtype=torch.float64).to(dt)
     per = shape[0] // world
     shard = slice(rank * per, (rank + 1) * per)
-    norm = CPUSyncBatchNorm(shape[1]).to(dt)
+    device = _device()
+    norm = CPUSyncBatchNorm(shape[1]).to(device, dt)
     with torch.no_grad():
         norm.weight.copy_(torch.linspace(0.5, 2.0, shape[1], dtype=dt))
         norm.bias.copy_(torch.linspace(-1.0, 1.0, shape[1], dtype=dt))
-    x = x_all[shard].clone().requires_grad_(True)
+    x = x_all[shard].to(device).requires_grad_(True)
     y = norm(x)
-    (y * cot_all[shard]).sum().backward()
-    return {"y": y.detach(), "x_grad": x.grad, "w_grad": norm.weight.grad,
-            "b_grad": norm.bias.grad, "running_mean": norm.running_mean.clone(),
-            "running_var": norm.running_var.clone()}
+    (y * cot_all[shard].to(device)).sum().backward()
+    out = {"y": y.detach(), "x_grad": x.grad, "w_grad": norm.weight.grad,
+           "b_grad": norm.bias.grad, "running_mean": norm.running_mean,
+           "running_var": norm.running_var}
+    return {k: v.detach().cpu().clone() for k, v in out.items()}
 
 
 def bn_train(per_device_batches, steps: int, lr: float, seed: int, test_size: int):
