@@ -169,7 +169,9 @@ def orthogonal_stack(depth: int, width: int, gain: float = 1.0, *, seed: int = 0
     depth = _positive_int("depth", depth)
     width = _positive_int("width", width)
     gain = _positive_float("gain", gain)
-    q = _haar_orthogonal(depth, width, int(seed))
+    # Draw at least 256 layers' worth (when that is small) and keep the first `depth`: a depth
+    # slider then reuses one cached QR, and a deeper stack extends a shallower one.
+    q = _haar_orthogonal(max(depth, min(256, 2**22 // (width * width))), width, int(seed))[:depth]
     return (gain * q).to(dtype=_resolve_dtype(dtype), device=_resolve_device(device))
 
 

@@ -19,6 +19,12 @@ from numlab.clipping import (
 
 
 # --- growth with depth -----------------------------------------------------------------------
+def test_a_deeper_stack_extends_a_shallower_one():
+    torch.testing.assert_close(orthogonal_stack(7, 16, seed=3), orthogonal_stack(40, 16, seed=3)[:7])
+    a = gradient_norms_by_depth(5, 16, 1.1, "tanh", dtype=torch.float64)
+    assert a.norms.shape == (6,) and a.depth == 5
+
+
 def test_orthogonal_stack_has_every_singular_value_equal_to_gain():
     ws = orthogonal_stack(5, 16, 1.3, seed=2)
     assert ws.shape == (5, 16, 16) and ws.dtype == torch.float64

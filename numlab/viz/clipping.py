@@ -9,10 +9,13 @@
 """
 from __future__ import annotations
 
+import io
+
 import ipywidgets as widgets
 import numpy as np
 import torch
 from matplotlib.patches import Circle, Rectangle
+from PIL import Image
 
 from numlab import clipping
 from numlab.viz._explorer import Explorer
@@ -35,6 +38,53 @@ _NAN2 = torch.full((2,), float("nan"), dtype=torch.float64)
 _NONE = torch.zeros(0, dtype=torch.long)
 
 
+class _BlitExplorer(Explorer):
+    """An Explorer that redraws only its moving artists while the axes stay the same.
+
+    A full Agg draw with tick labels and a legend costs 60-100 ms on a laptop core, more than
+    a slider frame may take. Axes, ticks and legends depend only on ``background_key()``; while
+    it is unchanged, a frame restores the saved background and draws the ``moving`` artists
+    (set ``animated``) on top (matplotlib's blitting), then encodes the PNG with fast zlib.
+    """
+
+    dpi = 80  # 720 px wide for a 9-inch figure; the browser scales it to the cell
+    moving: tuple = ()
+
+    def background_key(self):
+        return None
+
+    def animate(self, *artists):
+        for artist in artists:
+            artist.set_animated(True)
+        self.moving = (*self.moving, *artists)
+
+    def render_png(self) -> bytes:
+        canvas = self.fig.canvas
+        if self.fig.dpi != self.dpi:
+            self.fig.set_dpi(self.dpi)
+        key = self.background_key()
+        if getattr(self, "_background_key", object()) != key:
+            canvas.draw()  # everything except the animated artists
+            self._background = canvas.copy_from_bbox(self.fig.bbox)
+            self._background_key = key
+        else:
+            canvas.restore_region(self._background)
+        for artist in self.moving:
+            self.fig.draw_artist(artist)
+        out = io.BytesIO()
+        rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(),
+                                "raw", "RGBA", 0, 1)
+        rgba.convert("RGB").save(out, format="png", compress_level=1)
+        return out.getvalue()
+
+
+def _decades(values: np.ndarray, floor: float = 0.5, ceil: float = 2.0) -> tuple[float, float]:
+    """y-limits snapped to powers of ten around the finite positive values (and floor/ceil)."""
+    ok = values[np.isfinite(values) & (values > 0)]
+    lo, hi = (min(ok.min(), floor), max(ok.max(), ceil)) if ok.size else (floor, ceil)
+    return 10.0 ** np.floor(np.log10(lo)), 10.0 ** np.ceil(np.log10(hi))
+
+
 # --- depth ------------------------------------------------------------------------------------
 def plot_depth(ax, profile: clipping.DepthProfile):
     """Measured gradient norm per layer and the predicted geometric line; returns both lines."""
@@ -48,7 +98,7 @@ def plot_depth(ax, profile: clipping.DepthProfile):
     return measured, predicted
 
 
-class DepthExplorer(Explorer):
+class DepthExplorer(_BlitExplorer):
     figsize = (9, 4)
 
     def setup(self, fig):
@@ -61,6 +111,10 @@ class DepthExplorer(Explorer):
         self.ax.set_xlabel("layer l (0 = input, depth = output)")
         self.ax.set_ylabel("gradient norm")
         self.ax.legend(loc="upper right")
+        self.animate(self.measured, self.predicted)
+
+    def background_key(self):
+        return (self.ax.get_xlim(), self.ax.get_ylim())
 
     def compute(self, depth, gain, nonlinearity):
         return clipping.gradient_norms_by_depth(depth, 64, gain, nonlinearity)
@@ -69,14 +123,19 @@ class DepthExplorer(Explorer):
         x = r.layers.numpy()
         self.measured.set_data(x, _finite(r.norms))
         self.predicted.set_data(x, _finite(r.predicted))
-        both = np.concatenate([_finite(r.norms), _finite(r.predicted)])
-        both = both[np.isfinite(both) & (both > 0)]
-        lo, hi = (both.min(), both.max()) if both.size else (0.1, 10.0)
-        self.ax.set_xlim(-0.5, r.depth + 0.5)
-        self.ax.set_ylim(min(lo, 0.5) / 2, max(hi, 2.0) * 2)
-        self.ax.set_title(f"{r.nonlinearity}, gain {r.gain:.2f}, depth {r.depth}")
-        return (f"|grad| at the input: <b>{r.input_norm:.3g}</b> &nbsp; fitted rate "
-                f"{r.fitted_rate:.4f}/layer, predicted {r.predicted_rate:.4f} ({r.rate_kind})")
+        # x-axis in bands (10, 25, 50, 100, 150, 200 layers) so a depth drag mostly blits
+        band = next((b for b in (10, 25, 50, 100, 150, 200) if r.depth <= b), r.depth)
+        self.ax.set_xlim(-0.5, band + 0.5)
+        lo, hi = _decades(np.concatenate([_finite(r.norms), _finite(r.predicted)]))
+        # Keep the current limits while the data fit and fill a fair part of them: the
+        # background (ticks, labels) then stays valid and a slider drag only blits the lines.
+        cur_lo, cur_hi = self.ax.get_ylim()
+        span, cur_span = np.log10(hi / lo), np.log10(cur_hi / cur_lo)
+        if not (cur_lo <= lo and hi <= cur_hi and span >= 0.3 * cur_span):
+            self.ax.set_ylim(lo / 10, hi * 10)  # a decade of headroom each side
+        return (f"{r.nonlinearity}, gain {r.gain:.2f}, depth {r.depth}: |grad| at the input "
+                f"<b>{r.input_norm:.3g}</b> &nbsp; fitted rate {r.fitted_rate:.4f}/layer, "
+                f"predicted {r.predicted_rate:.4f} ({r.rate_kind})")
 
 
 def explore_depth(depth: int = 50, gain: float = 1.1, nonlinearity: str = "linear"):
@@ -98,7 +157,7 @@ def _check_2d(comparison: clipping.ClipComparison):
                          f"{comparison.original.numel()}")
 
 
-def plot_clip_2d(ax, comparison: clipping.ClipComparison):
+def plot_clip_2d(ax, comparison: clipping.ClipComparison, *, values_in_legend: bool = True):
     """Arrows for the gradient and its two clipped versions, with the circle and the box.
 
     Returns a dict of the artists: ``original``, ``norm``, ``value`` (FancyArrow),
@@ -106,11 +165,12 @@ def plot_clip_2d(ax, comparison: clipping.ClipComparison):
     """
     _check_2d(comparison)
     m, c = comparison.max_norm, comparison.clip_value
+    m_text, c_text = (f" = {m:g}", f" = {c:g}") if values_in_legend else ("", "")
     artists = {
         "circle": ax.add_patch(Circle((0, 0), m, fill=False, ls="--", color=COLORS["norm"],
-                                      label=f"|g| = max_norm = {m:g}")),
+                                      label=f"|g| = max_norm{m_text}")),
         "box": ax.add_patch(Rectangle((-c, -c), 2 * c, 2 * c, fill=False, ls=":",
-                                      color=COLORS["value"], label=f"|g_i| = clip_value = {c:g}")),
+                                      color=COLORS["value"], label=f"|g_i| = clip_value{c_text}")),
     }
     for key, vec, label in (("original", comparison.original, "gradient"),
                             ("norm", comparison.by_norm, "clip_grad_norm_"),
@@ -123,18 +183,23 @@ def plot_clip_2d(ax, comparison: clipping.ClipComparison):
     ax.set_aspect("equal")
     ax.axhline(0, color="#bbb", lw=0.8)
     ax.axvline(0, color="#bbb", lw=0.8)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=10)
+    ax.legend(loc="upper left", fontsize=9)
     return artists
 
 
-class ClipExplorer(Explorer):
-    figsize = (7, 5.5)
+class ClipExplorer(_BlitExplorer):
+    figsize = (8, 5)
     limit = 3.5
 
     def setup(self, fig):
         self.ax = fig.add_subplot()
         first = clipping.clip_comparison(_vector(1.0, 1.0), 1.0)
-        self.artists = plot_clip_2d(self.ax, first)
+        self.artists = plot_clip_2d(self.ax, first, values_in_legend=False)
+        # A figure legend outside the axes: constrained layout makes room for it, so it is
+        # not cut off, and it never covers an arrow.
+        self.ax.get_legend().remove()
+        fig.legend(handles=list(self.artists.values()), loc="outside right upper", fontsize=10)
+        self.animate(*self.artists.values())
         self.ax.set_xlim(-self.limit, self.limit)
         self.ax.set_ylim(-self.limit, self.limit)
         self.ax.set_xlabel("g_1")
@@ -150,13 +215,9 @@ class ClipExplorer(Explorer):
         self.artists["circle"].set_radius(r.max_norm)
         c = r.clip_value
         self.artists["box"].set_bounds(-c, -c, 2 * c, 2 * c)
-        labels = [f"|g| = max_norm = {r.max_norm:g}", f"|g_i| = clip_value = {c:g}",
-                  "gradient", "clip_grad_norm_", "clip_grad_value_"]
-        for text, label in zip(self.ax.get_legend().get_texts(), labels, strict=True):
-            text.set_text(label)
-        return (f"|g| = {r.norm:.3f} &nbsp; by norm: |g| = {r.norm_by_norm:.3f}, cos = "
-                f"<b>{r.cos_by_norm:.4f}</b> &nbsp; by value: |g| = {r.norm_by_value:.3f}, "
-                f"cos = <b>{r.cos_by_value:.4f}</b>")
+        return (f"threshold {r.max_norm:.2f}: |g| = {r.norm:.3f} &nbsp; by norm: |g| = "
+                f"{r.norm_by_norm:.3f}, cos = <b>{r.cos_by_norm:.4f}</b> &nbsp; by value: |g| = "
+                f"{r.norm_by_value:.3f}, cos = <b>{r.cos_by_value:.4f}</b>")
 
 
 def explore_clipping(gx: float = 2.5, gy: float = 0.8, threshold: float = 1.0):
@@ -227,6 +288,7 @@ def plot_threshold_sweep(ax, sweep: clipping.ThresholdSweep):
 
 class TrainingExplorer(Explorer):
     figsize = (9, 5.5)
+    slow = True  # retrains the RNN on every change
 
     def __init__(self, controls, steps: int = 300):
         self.steps = steps
