@@ -77,6 +77,11 @@ def test_explore_depth_responds_to_every_control():
     assert len(w.measured.get_xdata()) == 81 and w.ax.get_xlim()[1] == pytest.approx(100.5)
     lo, hi = w.ax.get_ylim()
     assert lo <= float(w.result.norms.min()) and hi >= float(w.result.norms.max())
+    w.controls["depth"].value = 200
+    w.controls["gain"].value = 0.5  # 0.5**200 is below float32's smallest subnormal
+    assert w.result.norms[0] == 0 and "underflow" in w.status.value
+    w.controls["gain"].value = 1.0
+    assert "underflow" not in w.status.value
     w.controls["nonlinearity"].value = "relu"
     assert w.result.nonlinearity == "relu" and "mean-field" in w.status.value
     assert "fitted rate" in w.status.value

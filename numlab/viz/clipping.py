@@ -15,6 +15,7 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 from matplotlib.patches import Circle, Rectangle
+from matplotlib.ticker import NullLocator
 from PIL import Image
 
 from numlab import clipping
@@ -102,15 +103,19 @@ class DepthExplorer(_BlitExplorer):
     figsize = (9, 4)
 
     def setup(self, fig):
-        self.ax = fig.add_subplot()
+        # Fixed margins instead of constrained layout, and no minor ticks: together they were
+        # two thirds of a full redraw (which a new axis range needs).
+        fig.set_layout_engine("none")
+        self.ax = fig.add_axes((0.1, 0.15, 0.88, 0.74))
         self.ax.set_yscale("log")
+        self.ax.yaxis.set_minor_locator(NullLocator())
         (self.measured,) = self.ax.plot([], [], "o-", ms=3, color=COLORS["norm"],
                                         label="measured |dL/dh_l|")
         (self.predicted,) = self.ax.plot([], [], "--", color=COLORS["predicted"],
                                          label="predicted rate ** (depth - l)")
         self.ax.set_xlabel("layer l (0 = input, depth = output)")
         self.ax.set_ylabel("gradient norm")
-        self.ax.legend(loc="upper right")
+        self.ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, frameon=False)
         self.animate(self.measured, self.predicted)
 
     def background_key(self):
@@ -133,9 +138,16 @@ class DepthExplorer(_BlitExplorer):
         span, cur_span = np.log10(hi / lo), np.log10(cur_hi / cur_lo)
         if not (cur_lo <= lo and hi <= cur_hi and span >= 0.3 * cur_span):
             self.ax.set_ylim(lo / 10, hi * 10)  # a decade of headroom each side
+        zero, dtype = torch.nonzero(r.norms == 0).flatten(), str(r.dtype).replace("torch.", "")
+        note = ""
+        if r.overflowed:
+            note = f" &nbsp; <b style='color:#c00'>overflow to inf/NaN in {dtype}</b>"
+        elif zero.numel():
+            note = (f" &nbsp; <b style='color:#c00'>underflow: exactly 0 from layer "
+                    f"{int(zero[-1])} down ({dtype})</b>")
         return (f"{r.nonlinearity}, gain {r.gain:.2f}, depth {r.depth}: |grad| at the input "
                 f"<b>{r.input_norm:.3g}</b> &nbsp; fitted rate {r.fitted_rate:.4f}/layer, "
-                f"predicted {r.predicted_rate:.4f} ({r.rate_kind})")
+                f"predicted {r.predicted_rate:.4f} ({r.rate_kind}){note}")
 
 
 def explore_depth(depth: int = 50, gain: float = 1.1, nonlinearity: str = "linear"):
