@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from numlab.formats import resolve_dtype
+
 NONLINEARITIES = ("linear", "tanh", "relu")
 CLIP_MODES = (None, "norm", "value")
 ORDERS = ("backward-clip-step", "backward-step-clip")
@@ -34,20 +36,15 @@ _RATE_KIND = {"linear": "exact", "tanh": "upper bound", "relu": "mean-field"}
 
 
 # --- argument checks (messages name the argument and what is allowed) ---------------------
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
-        return dtype
-    try:
-        from numlab.formats import resolve_dtype
-    except ImportError:  # formats.py not there yet: accept torch's own names
-        resolve_dtype = None
-    if resolve_dtype is not None:
-        return resolve_dtype(dtype)
-    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
-        return getattr(torch, dtype)
-    raise ValueError(f"dtype must be a torch floating dtype or its name, got {dtype!r}")
+    """A torch dtype or a name ("fp16", "bf16", ...) via numlab.formats; float8 has no matmul."""
+    dtype = resolve_dtype(dtype)
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of fp16, bf16, fp32, fp64 here, got {dtype}")
+    return dtype
 
 
 def _resolve_device(device) -> torch.device:

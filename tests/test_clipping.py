@@ -103,7 +103,8 @@ def test_depth_profile_repr_names_the_numbers():
     ({"gain": float("nan")}, ValueError, "gain"),
     ({"nonlinearity": "sigmoid"}, ValueError, "nonlinearity"),
     ({"dtype": "int8"}, ValueError, "dtype"),
-    ({"dtype": torch.int32}, TypeError, "dtype"),
+    ({"dtype": torch.int32}, ValueError, "dtype"),
+    ({"dtype": "fp8_e4m3fn"}, ValueError, "dtype"),
     ({"device": "tpu"}, ValueError, "device"),
 ])
 def test_gradient_norms_by_depth_rejects_bad_input(kwargs, exc, word):
