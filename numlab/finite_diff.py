@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from numlab.device import pick
 from numlab.formats import resolve_dtype, short_name
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -84,6 +85,7 @@ def _point(x, dtype: torch.dtype | None, device=None) -> torch.Tensor:
         raise TypeError(f"x must be a float or a one-element floating tensor, got {type(x)}")
     if not math.isfinite(float(t)):
         raise ValueError(f"x must be finite, got {float(t)}")
+    device = pick(device) if device is not None else t.device
     return t.to(dtype=_float_dtype(dtype) if dtype is not None else None, device=device)
 
 

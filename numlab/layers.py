@@ -185,6 +185,7 @@ def problem(name: str, n: int = 16, *, wrong: bool = False, dtype=torch.float64,
     Only ``x`` requires grad; ``dense_tanh`` also takes a fixed ``(n, 16)`` weight scaled by
     ``1/sqrt(n)``, so its outputs stay in tanh's curved range at any ``n``.
     """
+    from numlab.device import pick
     from numlab.formats import resolve_dtype
 
     if name not in LAYERS:
@@ -193,7 +194,7 @@ def problem(name: str, n: int = 16, *, wrong: bool = False, dtype=torch.float64,
         raise ValueError(f"n must be an int >= 2 (layer norm needs two entries), got {n!r}")
     if not isinstance(scale, int | float) or not scale > 0:
         raise ValueError(f"scale must be a positive number, got {scale!r}")
-    dtype = resolve_dtype(dtype)
+    dtype, device = resolve_dtype(dtype), pick(device)
     gen = torch.Generator().manual_seed(seed)
     x = (scale * torch.randn(n, generator=gen, dtype=torch.float64)).to(dtype=dtype, device=device)
     x.requires_grad_(True)

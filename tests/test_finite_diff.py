@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from numlab import device as numlab_device
 from numlab.finite_diff import (
     FUNCTIONS,
     central_difference,
@@ -404,3 +405,16 @@ def test_non_finite_jacobians_fail_like_torch():
     assert report.passed is torch_verdict(torch.sqrt, (x,)) is False
     assert all(e.in_index == (0,) and e.score == math.inf for e in report.worst)
     assert report.n_failed == 3
+
+
+def test_devices_go_through_numlab_device():
+    assert sweep_h("exp", 1.0, "fp32", hs=[1e-2], device="cpu").hs.numel() == 1
+    missing = next((d for d in ("cuda", "mps") if d not in numlab_device.available()), None)
+    if missing is None:
+        pytest.skip("every device kind is present here")
+    with pytest.raises(ValueError, match="not available"):
+        sweep_h("exp", 1.0, device=missing)
+    with pytest.raises(ValueError, match="device must be one of"):
+        central_difference(torch.exp, 1.0, [1e-3], device="tpu")
+    with pytest.raises(ValueError, match="not available"):
+        problem("tanh", 4, device=missing)
