@@ -74,13 +74,26 @@ def chromium(browser_home):
         manager.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.browser_call_failed = report.failed
+
+
 @pytest.fixture
-def browser_page(chromium):
-    """A fresh tab; uncaught JavaScript errors are collected in ``page.js_errors``."""
+def browser_page(chromium, request, tmp_path):
+    """A fresh tab; on a failure the whole page is saved as a screenshot for diagnosis."""
     page = chromium.new_page()
-    page.js_errors = []
-    page.on("pageerror", lambda err: page.js_errors.append(str(err)))
     yield page
+    if getattr(request.node, "browser_call_failed", False):
+        shot = tmp_path / "failure.png"
+        try:
+            page.screenshot(path=shot, full_page=True)
+            print(f"page at the failure: {shot}")
+        except Exception as err:  # the page may be gone; the failure itself is reported
+            print(f"no screenshot of the failed page: {err}")
     page.close()
 
 
