@@ -10,7 +10,6 @@ initialised; it reads its rank with ``dist.get_rank()``.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import threading
@@ -20,6 +19,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from numlab.device import threads
 
 # --- the bootstrap every spawned worker runs -------------------------------------------
 
@@ -139,21 +140,6 @@ def run_jobs(jobs):
     from numlab import distributed
 
     return [distributed.JOBS[name].worker(**kwargs) for name, kwargs in jobs]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch single-threaded inside, restoring the thread count on the way out.
-
-    The models and sweeps here are many tiny tensor ops: starting threads costs more than
-    it saves, and on a busy laptop extra threads make everything (a widget too) stall.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --- models and data shared by the workers and the single-process references -----------
@@ -377,7 +363,7 @@ def bn_train(per_device_batches, steps: int, lr: float, seed: int, test_size: in
 
 def bn_train_single(global_batch: int, steps: int, lr: float, seed: int, test_size: int):
     """One process, plain BatchNorm on the whole ``global_batch``: what sync BN should equal."""
-    with one_thread():
+    with threads(1):
         return _bn_train_single(global_batch, steps, lr, seed, test_size)
 
 

@@ -15,7 +15,6 @@ Only torch is imported here; the drawing lives in :mod:`numlab.viz.clipping`.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from numlab.device import threads
 from numlab.formats import resolve_dtype
 
 NONLINEARITIES = ("linear", "tanh", "relu")
@@ -88,22 +88,6 @@ def _check_clip_value(clip_value) -> float:
     )
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch's CPU ops on one thread inside the block, then restore the setting.
-
-    Every op here is tiny (a 32x32 recurrence, a 64-wide matmul): handing it to a thread
-    pool costs more than the work, and on a laptop or a shared machine whose cores are busy
-    an oversubscribed pool made a training run 10-20x slower (measured: 0.4 s vs 4-10 s).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # --- 1. growth with depth -------------------------------------------------------------------
 @dataclass(frozen=True, repr=False)
 class DepthProfile:
@@ -149,7 +133,7 @@ def _haar_orthogonal(depth: int, width: int, seed: int) -> torch.Tensor:
     # Cached: a slider that only moves the gain reuses the QR (the costly part). Callers
     # only read the result (gain * q makes a new tensor).
     gen = torch.Generator().manual_seed(seed)
-    with _one_thread():
+    with threads(1):
         # QR of a Gaussian matrix in float64 (one batched call); fixing the signs of R's
         # diagonal makes Q Haar-distributed rather than biased by the QR convention.
         q, r = torch.linalg.qr(torch.randn(depth, width, width, generator=gen,
@@ -206,7 +190,7 @@ def gradient_norms_by_depth(depth: int, width: int = 64, gain: float = 1.0,
     v = v / v.norm(dim=1, keepdim=True)  # dL/dh_depth = v: unit norm for every sample
     x, v = x.to(dtype=dtype, device=device), v.to(dtype=dtype, device=device)
 
-    with _one_thread():
+    with threads(1):
         hs = [x.requires_grad_(True)]
         for w in weights:  # a loop over layers (<= a few hundred), not over data points
             hs.append(act(hs[-1] @ w.T))
@@ -495,7 +479,7 @@ def _train(clip, max_norm, lr, steps, seed, seq_len, hidden, batch, gain, order,
     losses = torch.full((steps,), float("nan"), dtype=torch.float64)
     norms = torch.full((steps,), float("nan"), dtype=torch.float64)
     nonfinite_step = None
-    with _one_thread():
+    with threads(1):
         for step in range(steps):
             x, y = adding_problem(batch, seq_len, generator=data, dtype=dtype, device=device)
             out, _ = rnn(x)

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from numlab.device import threads
+
 __all__ = [
     "NormHistory", "GradNormLogger", "NanGuard", "TensorStats", "NonFiniteEvent",
     "NonFiniteTrace", "trace_nonfinite", "AnomalyReport", "anomaly_report", "AnomalyOverhead",
@@ -633,7 +635,7 @@ def anomaly_overhead(depth: int = 8, width: int = 64, batch: int = 64, repeats: 
             step()
             return time.perf_counter() - start
 
-    with warnings.catch_warnings(), _one_thread():
+    with warnings.catch_warnings(), threads(1):
         warnings.simplefilter("ignore")  # anomaly mode's "will increase the runtime" notice
         for anomaly in (False, True):  # warm-up both paths
             timed(anomaly)
@@ -750,7 +752,7 @@ def misinit_run(bad_layer: int = 2, scale: float = 1e-3, steps: int = 40, every:
     every = _check_int(every, "every", 1)
     model = misinit_mlp(bad_layer, scale, seed=seed, dtype=dtype)
     dtype = _check_dtype(dtype)
-    with _one_thread():
+    with threads(1):
         return _misinit_train(model, bad_layer, scale, steps, every, seed, dtype)
 
 
@@ -824,7 +826,7 @@ def nanguard_run(bad_batch: int = 37, batches: int = 60, batch_size: int = 16,
         return model, np.array(losses)
 
     stopped, message = None, ""
-    with _one_thread():  # a fixed summation order: the same losses on every run
+    with threads(1):  # a fixed summation order: the same losses on every run
         try:
             with NanGuard() as guard:
                 train(guard)
@@ -1015,18 +1017,6 @@ def _naive_cross_entropy(logits, y):
     return -torch.log(p[torch.arange(len(y), device=y.device), y]).mean()
 
 
-@contextlib.contextmanager
-def _one_thread():
-    # Tiny full-batch models: one thread is faster on a shared laptop and its reductions run
-    # in a fixed order, so the curves are identical from run to run.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def pathology_run(pathology: str, *, steps: int | None = None, every: int = 5, seed: int = 0,
                   dtype="fp32", device="cpu") -> CurveRun:
     """Train a small 3-class MLP (full batch) into one of :data:`PATHOLOGIES` and diagnose it.
@@ -1051,7 +1041,7 @@ def pathology_run(pathology: str, *, steps: int | None = None, every: int = 5, s
     small = pathology in ("overfitting", "leak between splits")
     every = _check_int(every, "every", 1)
     steps = _check_int((200 if small else 150) if steps is None else steps, "steps", 3 * every)
-    with _one_thread():
+    with threads(1):
         return _pathology_run(pathology, steps, every, seed, dtype, dev, small)
 
 

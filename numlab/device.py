@@ -1,6 +1,7 @@
 """The one place that picks cuda, then mps, then cpu, and knows what each can do."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from dataclasses import dataclass
@@ -36,6 +37,28 @@ def pick(device: str | torch.device = "auto") -> torch.device:
             f"available: {available()}. Pass device='auto' to use {available()[0]!r}."
         )
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def threads(n: int | None = 1):
+    """Run torch with ``n`` intra-op threads inside (``None``: leave it alone), restoring after.
+
+    numlab's demo models are tiny (a 32x32 recurrence, a 256x64 matmul): waking a thread pool
+    costs more than the work, and on a laptop or shared machine whose cores are busy an
+    oversubscribed pool made runs 10-40x slower. One thread also fixes the order of reductions,
+    so a seeded run gives the same numbers every time.
+    """
+    if n is None:
+        yield
+        return
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"threads must be a positive int or None, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

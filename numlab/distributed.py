@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from numlab import _dist_workers as workers
+from numlab.device import threads
 from numlab.formats import resolve_dtype, short_name
 
 BACKENDS = ("auto", "gloo", "nccl")
@@ -409,7 +410,7 @@ def _reference_ddp(global_batch, steps, dtype, lr, seed, world_size, emulate: bo
 
 def _finish_ddp(per_rank, kw) -> DDPEquivalence:
     ddp = per_rank[0]
-    with workers.one_thread():
+    with threads(1):
         single = _reference_ddp(**kw, emulate=False)
         emulated = _reference_ddp(**kw, emulate=True)
     return DDPEquivalence(
@@ -741,7 +742,7 @@ def stale_sgd(staleness: int, lr: float, steps: int = 200, batch_size: int | Non
     _positive_int(staleness, "staleness", 0)
     _positive_float(lr, "lr")
     _check_stale_args(steps, batch_size)
-    with workers.one_thread():
+    with threads(1):
         curves = _stale_losses([lr], [0, staleness], steps, batch_size, seed, dtype)[0]
     return StaleRun(lr, staleness, curves[0], curves[1], critical_lr(staleness))
 
@@ -791,7 +792,7 @@ def stale_sweep(lrs: Sequence[float] | None = None, staleness: Sequence[int] = r
         raise ValueError(f"staleness must be a non-empty sequence of ints >= 0, got {ks}")
     _check_stale_args(steps, batch_size)
     lrs = np.sort(lrs)
-    with workers.one_thread():
+    with threads(1):
         losses = _stale_losses(lrs.tolist(), ks.tolist(), steps, batch_size, seed, dtype)
     return StaleSweep(lrs, ks, losses)
 

@@ -18,7 +18,6 @@ exactly zero although fp32 has them non-zero.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterable
@@ -84,21 +83,6 @@ def _check_device(precision: str, device, scaler: bool) -> torch.device:
             "precision='bf16', or another device."
         )
     return dev
-
-
-@contextlib.contextmanager
-def _threads(n: int | None):
-    # The demo model is tiny: one thread is faster than several (thread wake-ups cost more
-    # than a 256x64 matmul, and on a busy 2-core machine several threads were 40x slower).
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _sync(dev: torch.device) -> None:
@@ -235,7 +219,7 @@ def train(
     dtype = _DTYPES[precision]
     losses, scales, zeros, times, skipped = [], [], [], [], []
     sample = None
-    with _threads(threads):
+    with _device.threads(threads):
         for step in range(steps):
             reference = _fp32_grads(model, x, y, loss_scale)  # untimed
             _sync(dev)
@@ -318,7 +302,7 @@ def gradient_magnitudes(
     _positive(scale, "scale")
     dev = _check_device("fp16", device, scaler=False)
     _check_device("bf16", dev, scaler=False)
-    with _threads(threads):
+    with _device.threads(threads):
         model, x, y = demo_problem(seed, dev)
         ref = _fp32_grads(model, x, y, loss_scale)
         nonzero = ref != 0
@@ -372,7 +356,7 @@ def step_times(
     devs = {name: _check_device(name, device, scaler=name == "fp16") for name in names}
     dev = devs["fp32"]
     ms = {}
-    with _threads(threads):
+    with _device.threads(threads):
         for name in names:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

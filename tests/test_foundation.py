@@ -162,3 +162,15 @@ def test_notebook_runner_flags_stderr_and_errors():
                     {"outputs": [{"output_type": "stream", "name": "stdout", "text": "fine"}]}]}
     found = noisy_outputs(nb)
     assert len(found) == 2 and "UserWarning" in found[0] and "ValueError" in found[1]
+
+
+def test_threads_context_sets_and_restores():
+    before = torch.get_num_threads()
+    with device.threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with device.threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        with device.threads(0):
+            pass
