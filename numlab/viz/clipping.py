@@ -9,14 +9,11 @@
 """
 from __future__ import annotations
 
-import io
-
 import ipywidgets as widgets
 import numpy as np
 import torch
 from matplotlib.patches import Circle, Rectangle
 from matplotlib.ticker import NullLocator
-from PIL import Image
 
 from numlab import clipping
 from numlab.viz._explorer import Explorer
@@ -39,46 +36,6 @@ _NAN2 = torch.full((2,), float("nan"), dtype=torch.float64)
 _NONE = torch.zeros(0, dtype=torch.long)
 
 
-class _BlitExplorer(Explorer):
-    """An Explorer that redraws only its moving artists while the axes stay the same.
-
-    A full Agg draw with tick labels and a legend costs 60-100 ms on a laptop core, more than
-    a slider frame may take. Axes, ticks and legends depend only on ``background_key()``; while
-    it is unchanged, a frame restores the saved background and draws the ``moving`` artists
-    (set ``animated``) on top (matplotlib's blitting), then encodes the PNG with fast zlib.
-    """
-
-    dpi = 80  # 720 px wide for a 9-inch figure; the browser scales it to the cell
-    moving: tuple = ()
-
-    def background_key(self):
-        return None
-
-    def animate(self, *artists):
-        for artist in artists:
-            artist.set_animated(True)
-        self.moving = (*self.moving, *artists)
-
-    def render_png(self) -> bytes:
-        canvas = self.fig.canvas
-        if self.fig.dpi != self.dpi:
-            self.fig.set_dpi(self.dpi)
-        key = self.background_key()
-        if getattr(self, "_background_key", object()) != key:
-            canvas.draw()  # everything except the animated artists
-            self._background = canvas.copy_from_bbox(self.fig.bbox)
-            self._background_key = key
-        else:
-            canvas.restore_region(self._background)
-        for artist in self.moving:
-            self.fig.draw_artist(artist)
-        out = io.BytesIO()
-        rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(),
-                                "raw", "RGBA", 0, 1)
-        rgba.convert("RGB").save(out, format="png", compress_level=1)
-        return out.getvalue()
-
-
 def _decades(values: np.ndarray, floor: float = 0.5, ceil: float = 2.0) -> tuple[float, float]:
     """y-limits snapped to powers of ten around the finite positive values (and floor/ceil)."""
     ok = values[np.isfinite(values) & (values > 0)]
@@ -99,7 +56,8 @@ def plot_depth(ax, profile: clipping.DepthProfile):
     return measured, predicted
 
 
-class DepthExplorer(_BlitExplorer):
+class DepthExplorer(Explorer):
+    dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
     figsize = (9, 4)
 
     def setup(self, fig):
@@ -199,7 +157,8 @@ def plot_clip_2d(ax, comparison: clipping.ClipComparison, *, values_in_legend: b
     return artists
 
 
-class ClipExplorer(_BlitExplorer):
+class ClipExplorer(Explorer):
+    dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
     figsize = (8, 5)
     limit = 3.5
 

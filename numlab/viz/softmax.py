@@ -1,14 +1,12 @@
 """Drawing softmax and its binary cousin: naive vs stable, and where each format breaks."""
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
 import ipywidgets as widgets
 import numpy as np
 from matplotlib.collections import LineCollection
-from PIL import Image
 
 from numlab import softmax as sm
 from numlab.formats import short_name
@@ -18,44 +16,6 @@ DTYPES = ("fp16", "bf16", "fp32", "fp64")
 NAIVE, STABLE, BAD = "#ff7f0e", "#1f77b4", "#d62728"
 OK, WARN = "#2ca02c", "#ff7f0e"
 SCALE_RANGE = (1e-2, 1e4)
-
-
-class _BlitExplorer(Explorer):
-    """An Explorer that re-renders only its moving artists between full redraws.
-
-    A full Agg draw of four axes with their tick labels takes 60-100 ms here, far over the
-    50 ms a slider may take. The axes, ticks, legends and the strip only change with
-    ``self.static_key`` (set by ``draw``), so they are drawn once into a background; a
-    slider move restores it and draws the ``animated`` artists on top (matplotlib's
-    blitting), then encodes the PNG with fast zlib settings.
-    """
-
-    static_key = None
-    dpi = 80  # 800 px wide: the browser scales it to the cell; PNG encoding is most of a frame
-
-    def render_png(self) -> bytes:
-        canvas = self.fig.canvas
-        if self.fig.dpi != self.dpi:
-            self.fig.set_dpi(self.dpi)
-        if getattr(self, "_background_key", object()) != self.static_key:
-            canvas.draw()  # draws everything except the animated artists
-            self._background = canvas.copy_from_bbox(self.fig.bbox)
-            self._background_key = self.static_key
-        else:
-            canvas.restore_region(self._background)
-        for artist in self.moving:
-            self.fig.draw_artist(artist)
-        out = io.BytesIO()
-        Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1
-                         ).convert("RGB").save(out, format="png", compress_level=1)
-        return out.getvalue()
-
-    def animate(self, *artists):
-        """Mark artists as moving (redrawn every frame); returns the first for convenience."""
-        for artist in artists:
-            artist.set_animated(True)
-        self.moving = [*getattr(self, "moving", []), *artists]
-        return artists[0]
 
 
 def _fmt(v: float) -> str:
@@ -178,8 +138,10 @@ class SoftmaxView:
                 f"{_fmt(sw.loss_naive[0])}, stable {_fmt(sw.loss_stable[0])}; first bad: {self.first_bad})")
 
 
-class SoftmaxExplorer(_BlitExplorer):
+class SoftmaxExplorer(Explorer):
     """Logits, naive vs stable probabilities and gradients, and a strip of where formats break."""
+
+    dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
 
     figsize = (10, 5.4)
 
@@ -230,7 +192,6 @@ class SoftmaxExplorer(_BlitExplorer):
             ax.set_xlim(0, 1)
             ax.set_xticks([])
             ax.set_xlabel("class 0, 1, ..., n-1", fontsize=11, labelpad=2)
-        self.static_key = "fixed"  # nothing in the background ever changes
 
     def compute(self, scale, dtype, n_classes, target):
         sweep = sm.sweep_logits([scale], dtype, n_classes, target)
@@ -340,8 +301,10 @@ def _curve(dtype: str, target: float) -> sm.BinarySweep:
     return _cache[key]
 
 
-class BceExplorer(_BlitExplorer):
+class BceExplorer(Explorer):
     """log(1 + e^z) vs the softplus form, and sigmoid-then-log BCE vs the fused one, at one z."""
+
+    dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
 
     figsize = (10, 5.2)
     floor = 1e-17
@@ -363,7 +326,6 @@ class BceExplorer(_BlitExplorer):
         self.z_line = self.animate(self.ax_e.axvline(1.0, color="k", lw=1.5, ls="--"))
         _softplus_axes(self.ax_e, self.floor)
         self.ax_e.set_xlabel("")
-        self.static_key = "fixed"
         ax = self.ax_t
         ax.set_axis_off()
         ax.text(0.0, 0.92, "at this z", fontsize=12, fontweight="bold", transform=ax.transAxes)
