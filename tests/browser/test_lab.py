@@ -49,6 +49,10 @@ RUN_FINISHED_JS = """([stderr]) => {
     // all cells ran, or Run All stopped at an error (the test then reports it)
     return prompts.every(p => /^\\[\\d+\\]:$/.test(p)) || document.querySelector(stderr) !== null;
 }"""
+# Control labels cut off ("per-devic…"): unreadable on a projector; reported, not failed.
+TRUNCATED_LABELS_JS = """() => [...document.querySelectorAll(".numlab-explorer .widget-label")]
+    .filter(l => l.offsetParent !== null && l.scrollWidth > l.clientWidth)
+    .map(l => l.textContent)"""
 KERNEL_IDLE_JS = """() => {
     const bar = document.querySelector("#jp-main-statusbar");
     return bar !== null && bar.textContent.includes("| Idle");
@@ -100,7 +104,7 @@ def _widget_outputs(cells):
 
 @pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks/NN_*.ipynb to test")
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_in_jupyterlab(notebook, lab, browser_page, screenshot_dir):
+def test_notebook_in_jupyterlab(notebook, lab, browser_page, screenshot_dir, record_property):
     page, name = browser_page, notebook.name
     # ?reset: a fresh workspace, so notebooks opened by earlier tests are not restored.
     page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
@@ -141,6 +145,12 @@ def test_notebook_in_jupyterlab(notebook, lab, browser_page, screenshot_dir):
                               WIDGET_TIMEOUT_MS)
         failures = widget_failures(page)
         assert not failures, f"{name}: widgets failed to render: {failures}"
+
+        truncated = page.evaluate(TRUNCATED_LABELS_JS)
+        record_property("truncated_labels", truncated)
+        if truncated:
+            print(f"{name}: widget labels cut off (set style={{'description_width': "
+                  f"'initial'}}): {truncated}")
 
         main = explorers.first
         main.scroll_into_view_if_needed()
