@@ -118,6 +118,7 @@ def plot_batchnorm(ax, sweep: nd.BatchNormSweep):
 
 class StalenessExplorer(Explorer):
     figsize = (11, 4.2)
+    dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
 
     def __init__(self, controls, sweep: nd.StaleSweep, steps: int):
         self.sweep = sweep
@@ -131,16 +132,30 @@ class StalenessExplorer(Explorer):
     def setup(self, fig):
         self.ax_curves, self.ax_map = fig.subplots(1, 2, width_ratios=[1.3, 1])
         self.lines = plot_stale_curves(self.ax_curves, nd.stale_sgd(1, 0.1, steps=self.steps))
+        self.ax_curves.set_xlim(0, len(self.lines[0].get_xdata()) - 1)  # as an update sets it
         plot_stale_map(self.ax_map, self.sweep)
         (self.marker,) = self.ax_map.plot([], [], "*", ms=18, color="#d62728", mec="white")
         for ax in (self.ax_curves, self.ax_map):
             ax.yaxis.set_minor_locator(NullLocator())
+        # Blitting: the map, the axes and their ticks never move; the curves, the star, the
+        # title (lr) and the legend (k) are redrawn over them on each change.
+        self.legend = self.ax_curves.get_legend()
+        self.animate(*self.lines, self.marker, self.ax_curves.title, self.legend)
+
+    def background_key(self):
+        return (self.ax_curves.get_xlim(), self.ax_curves.get_ylim())
 
     def compute(self, lr, staleness):
         return nd.stale_sgd(staleness, lr, steps=self.steps)
 
     def draw(self, r):
-        plot_stale_curves(self.ax_curves, r, self.lines)
+        steps = np.arange(len(r.loss_sync))
+        # as plot_stale_curves: overflowed losses run off the top instead of vanishing
+        for line, loss in zip(self.lines, (r.loss_sync, r.loss_stale), strict=True):
+            line.set_data(steps, np.minimum(np.nan_to_num(loss, posinf=1e30), 1e30))
+        self.lines[1].set_label(f"stale, k = {r.staleness}")
+        self.legend.get_texts()[1].set_text(f"stale, k = {r.staleness}")
+        self.ax_curves.set_title(f"lr = {r.lr:.3g}")
         self.marker.set_data([r.staleness], [r.lr])
         verdict = {True: "<b style='color:#c00'>diverges</b>", False: "converges"}
         return (f"k = {r.staleness}: stale {verdict[r.diverged]}, synchronous "
