@@ -10,14 +10,16 @@ them) and kept in ``.error``; the latest good result is ``.result``.
 from __future__ import annotations
 
 import io
+import struct
 import time
 import traceback
+import zlib
 
 import ipywidgets as widgets
 import matplotlib as mpl
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 
 # Readable on a projector at the back of a room; used for every figure numlab draws.
 STYLE = {
@@ -165,11 +167,21 @@ _UNSET = object()
 
 
 def _encode_png(canvas) -> bytes:
-    # Fast zlib settings: the image only travels to a browser on the same machine or LAN.
-    out = io.BytesIO()
-    rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
-    rgba.convert("RGB").save(out, format="png", compress_level=1)
-    return out.getvalue()
+    # A minimal PNG writer (RGB, no row filter, zlib level 1): the image only travels to a
+    # browser on the same machine or LAN, and skipping Pillow's per-row filter search makes
+    # encoding about twice as fast (a few ms a frame). The pixels are exactly the canvas's.
+    width, height = canvas.get_width_height()
+    rgba = np.asarray(canvas.buffer_rgba())
+    rows = np.empty((height, 1 + 3 * width), dtype=np.uint8)
+    rows[:, 0] = 0  # filter type "None" for every row
+    rows[:, 1:].reshape(height, width, 3)[...] = rgba[..., :3]
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"".join((b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header),
+                     _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)), _chunk(b"IEND", b"")))
+
+
+def _chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
 
 
 def _short_traceback(err: BaseException) -> str:

@@ -51,7 +51,10 @@ class _SweepArtists:
         (self.points,) = ax.plot([], [], "o", color="k", markersize=7, visible=False)
         ax.legend(loc="upper center", fontsize=9, ncols=2, framealpha=0.9)
 
-    def update(self, r: finite_diff.SweepResult, point: finite_diff.SweepResult | None = None):
+    def update(self, r: finite_diff.SweepResult, point: finite_diff.SweepResult | None = None,
+               sticky: bool = False):
+        """Show ``r`` (and ``point``); ``sticky`` keeps the y-limits while the data fit them
+        and fill most of them (a widget then redraws only its curves, not the axes)."""
         hs = r.hs.numpy()
         self.forward.set_data(hs, _positive(r.forward_err))
         self.central.set_data(hs, _positive(r.central_err))
@@ -71,7 +74,14 @@ class _SweepArtists:
         self.ax.set_xlim(hs.min() / 2, hs.max() * 2)
         top = float(max(r.forward_err.max(), r.central_err.max(), 1.0))
         low = float(min(r.best_forward_err, r.best_central_err))
-        self.ax.set_ylim(max(FLOOR, low / 30), top * 1e3)  # head room for the legend
+        # Whole decades (head room for the legend on top): nearby x values then keep the
+        # same limits and ticks, which lets a widget redraw only its curves.
+        lo, hi = max(FLOOR, low / 30), top * 1e3
+        lo, hi = 10.0 ** np.floor(np.log10(lo)), 10.0 ** np.ceil(np.log10(hi))
+        cur_lo, cur_hi = self.ax.get_ylim()
+        fits = cur_lo <= lo and hi <= cur_hi and np.log10(cur_hi / cur_lo) <= np.log10(hi / lo) + 3
+        if not (sticky and fits):
+            self.ax.set_ylim(lo, hi)
         return self
 
 
@@ -96,22 +106,38 @@ class StepExplorer(Explorer):
     """Slide h and watch both estimates of f'(x): truncation on the right, rounding on the left."""
 
     figsize = (9, 4.6)
+    dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
 
     def setup(self, fig):
         self.ax = fig.add_subplot()
         self.artists = _SweepArtists(self.ax)
+        self._sweeps = {}
+        # Blitting: axes, ticks and legend stay in a cached background while the limits do
+        # not change; the curves, markers, lines and the title are redrawn on top.
+        a = self.artists
+        self.animate(a.forward, a.central, a.forward_model, a.central_model, a.best,
+                     a.thumb_forward, a.thumb_central, a.current, a.points, self.ax.title)
+
+    def background_key(self):
+        return (self.ax.get_xlim(), self.ax.get_ylim())
 
     def compute(self, func, x, dtype, h):
         dt = resolve_dtype(dtype)
         # A step below the smallest normal number of the format does not exist in it.
         h = max(h, torch.finfo(dt).smallest_normal)
-        sweep = finite_diff.sweep_h(func, x, dt)
+        # The sweep depends on f, x and the format only: moving h reuses it.
+        key = (func, x, dt)
+        sweep = self._sweeps.get(key)
+        if sweep is None:
+            if len(self._sweeps) >= 64:
+                self._sweeps.clear()
+            sweep = self._sweeps[key] = finite_diff.sweep_h(func, x, dt)
         point = finite_diff.sweep_h(func, x, dt, hs=[h], df=sweep.true)
         return sweep, point
 
     def draw(self, result):
         r, p = result
-        self.artists.update(r, p)
+        self.artists.update(r, p, sticky=True)
         self.ax.set_title(f"d/dx {self.controls['func'].value} at x = {r.x:g} in {short_name(r.dtype)}")
         sq, cb = r.rule_of_thumb
         h = float(p.hs[0])
@@ -198,11 +224,18 @@ class GradcheckExplorer(Explorer):
     """Pick a layer (right or subtly wrong), a format and eps; see where the Jacobian disagrees."""
 
     figsize = (8, 5)
+    dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
     n = 12
 
     def setup(self, fig):
         self.ax = fig.add_subplot()
         self.artists = _JacobianArtists(self.ax)
+        # Blitting: the colorbar, ticks and legend stay in a cached background while the
+        # Jacobian's shape (the limits) is unchanged; heatmap, crosses and title move.
+        self.animate(self.artists.image, self.artists.failed, self.ax.title)
+
+    def background_key(self):
+        return (self.ax.get_xlim(), self.ax.get_ylim())
 
     def compute(self, layer, dtype, eps):
         name, wrong = layer
