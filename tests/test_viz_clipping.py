@@ -127,3 +127,34 @@ def test_explore_training_retrains_on_change_and_reports_progress():
 def test_explore_training_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="clip"):
         explore_training(clip="max")
+
+
+def _pixels(w):
+    return np.asarray(w.fig.canvas.buffer_rgba()).copy()
+
+
+def _redrawn_plainly(w):
+    """The current frame drawn from scratch: no pasted text, no kept background."""
+    frozen, w.frozen = w.frozen, ()
+    w._backgrounds, w._background_key = {}, None
+    w.render_png()
+    w.frozen = frozen
+    return _pixels(w)
+
+
+def test_explore_depth_fast_frames_match_a_plain_redraw():
+    w = explore_depth(depth=30, gain=1.1)
+    start = _pixels(w)
+    full_draws = []
+    draw_full = w._draw_full
+    w._draw_full = lambda: (full_draws.append(1), draw_full())
+    w.controls["gain"].value = 0.5  # another y range: a full redraw
+    assert len(full_draws) == 1
+    w.controls["gain"].value = 1.1  # back: the kept background is reused, no redraw
+    assert len(full_draws) == 1
+    np.testing.assert_array_equal(_pixels(w), start)
+    w.controls["depth"].value = 120  # another x band: legend and x label pasted, not drawn
+    w.controls["gain"].value = 0.8
+    assert len(full_draws) == 3
+    fast = _pixels(w)
+    np.testing.assert_array_equal(fast, _redrawn_plainly(w))

@@ -59,6 +59,10 @@ class Explorer(widgets.VBox):
     slow = False  # True for widgets that train or launch processes on each change
     dpi = None  # render resolution; None keeps the figure's own
     moving: tuple = ()  # artists redrawn every frame over a cached background (see animate)
+    frozen: tuple = ()  # artists drawn once, then pasted as pixels (see freeze)
+    # How many backgrounds (one per background_key) to keep: more than one suits a widget
+    # whose background depends only on its key, so a slider dragged back reuses them.
+    backgrounds_kept = 1
 
     def __init__(self, controls: dict[str, widgets.Widget], figsize=None):
         self.controls = controls
@@ -129,6 +133,16 @@ class Explorer(widgets.VBox):
         self.moving = (*self.moving, *artists)
         return artists[0]
 
+    def freeze(self, *artists):
+        """Mark artists whose look and place never change (a legend outside the axes, an
+        x-axis label) on a plain background that nothing else draws on: they are drawn once,
+        and each later full redraw pastes their pixels instead of laying out and rendering
+        the text again (each text costs about a millisecond). Needs a fixed layout (no
+        layout engine after the first render). Returns the first artist."""
+        self.frozen = (*self.frozen, *artists)
+        self._frozen_pixels = None
+        return artists[0]
+
     def background_key(self):
         """Whatever the static part of the figure depends on (axis limits, a chosen dtype)."""
         return None
@@ -138,18 +152,54 @@ class Explorer(widgets.VBox):
         if self.dpi and self.fig.dpi != self.dpi:
             self.fig.set_dpi(self.dpi)
         if not self.moving:
-            canvas.draw()
+            self._draw_full()
         else:
-            key = self.background_key()
-            if getattr(self, "_background_key", _UNSET) != key:
-                canvas.draw()  # everything but the animated artists
+            key = (self.background_key(), self.fig.dpi, canvas.get_width_height())
+            # (keys need to be hashable only where more than one background is kept)
+            kept = self.__dict__.setdefault("_backgrounds", {}) if self.backgrounds_kept > 1 else {}
+            if getattr(self, "_background_key", _UNSET) == key:
+                canvas.restore_region(self._background)
+            elif self.backgrounds_kept > 1 and key in kept:  # seen before: pixels still hold
+                self._background = kept.pop(key)
+                kept[key] = self._background  # most recently used last
+                self._background_key = key
+                canvas.restore_region(self._background)
+            else:
+                self._draw_full()  # everything but the animated artists
                 self._background = canvas.copy_from_bbox(self.fig.bbox)
                 self._background_key = key
-            else:
-                canvas.restore_region(self._background)
+                if self.backgrounds_kept > 1:
+                    kept[key] = self._background
+                    while len(kept) > self.backgrounds_kept:
+                        del kept[next(iter(kept))]  # the least recently used
             for artist in self.moving:
                 self.fig.draw_artist(artist)
         return _encode_png(canvas)
+
+    def _draw_full(self) -> None:
+        canvas = self.fig.canvas
+        if not self.frozen:
+            canvas.draw()
+            return
+        stamp = (self.fig.dpi, canvas.get_width_height())
+        pixels = getattr(self, "_frozen_pixels", None)
+        if pixels is None or pixels[0] != stamp:  # first frame (or a new size): draw them
+            canvas.draw()
+            renderer = canvas.get_renderer()
+            regions = [canvas.copy_from_bbox(a.get_window_extent(renderer).padded(2))
+                       for a in self.frozen if a.get_visible()]
+            self._frozen_pixels = (stamp, regions)
+            return
+        shown = [a for a in self.frozen if a.get_visible()]
+        for artist in shown:
+            artist.set_visible(False)
+        try:
+            canvas.draw()
+        finally:
+            for artist in shown:
+                artist.set_visible(True)
+        for region in pixels[1]:
+            canvas.restore_region(region)
 
     def _repr_mimebundle_(self, **kwargs):
         # The live widget for JupyterLab/Voila, plus a static PNG of the current figure so a

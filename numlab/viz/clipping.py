@@ -58,6 +58,7 @@ def plot_depth(ax, profile: clipping.DepthProfile):
 
 class DepthExplorer(Explorer):
     dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
+    backgrounds_kept = 8  # the background depends on the axis limits only
     figsize = (9, 4)
 
     def setup(self, fig):
@@ -73,8 +74,12 @@ class DepthExplorer(Explorer):
                                          label="predicted rate ** (depth - l)")
         self.ax.set_xlabel("layer l (0 = input, depth = output)")
         self.ax.set_ylabel("gradient norm")
-        self.ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, frameon=False)
+        legend = self.ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2,
+                                frameon=False)
         self.animate(self.measured, self.predicted)
+        # A new axis range redraws the figure: the legend above the axes and the x label
+        # below the ticks never move, so that redraw pastes them instead (a third of it).
+        self.freeze(legend, self.ax.xaxis.label)
 
     def background_key(self):
         return (self.ax.get_xlim(), self.ax.get_ylim())

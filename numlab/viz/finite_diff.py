@@ -107,6 +107,7 @@ class StepExplorer(Explorer):
 
     figsize = (9, 4.6)
     dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
+    backgrounds_kept = 8  # the background depends on the axis limits only
 
     def setup(self, fig):
         self.ax = fig.add_subplot()
@@ -225,6 +226,7 @@ class GradcheckExplorer(Explorer):
 
     figsize = (8, 5)
     dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
+    backgrounds_kept = 8  # the background depends on the axis limits only
     n = 12
 
     def setup(self, fig):
