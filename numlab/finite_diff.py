@@ -23,6 +23,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +35,15 @@ from numlab.device import pick
 from numlab.formats import resolve_dtype, short_name
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_BATCH_ELEMENTS = 1 << 22  # perturbed copies per chunk: at most ~32 MB of float64 at once
+# gradcheck's block sizes, in elements. Each vmap call of fn or of its backward costs
+# ~0.5 ms of fixed overhead for a custom autograd.Function, so fn sees big blocks (one call
+# up to n = 1024); the elementwise passes of the comparison, which cost nothing per call,
+# run on 1 MB blocks that stay in cache between passes.
+_EVAL_ELEMENTS = 1 << 21
+_PASS_ELEMENTS = 1 << 17
+_SCRATCH = threading.local()  # per-thread work buffers of gradcheck, see _scratch
+_SCRATCH_MAX_BYTES = 32 << 20  # a bigger work buffer is allocated per call, not kept
+_POOL_MAX_BYTES = 64 << 20  # reusable memory for the Jacobians reports keep, per thread
 
 
 def _layer(t: torch.Tensor) -> torch.Tensor:
@@ -425,62 +435,127 @@ def _cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
 
 
-def _perturbed(x: torch.Tensor, start: int, stop: int, eps: float) -> torch.Tensor:
-    """Rows x + eps e_j for j in [start, stop), then x - eps e_j, as one (2k, *x.shape) batch."""
-    k = stop - start
-    flat = x.detach().reshape(1, -1).repeat(2 * k, 1)
-    rows = torch.arange(2 * k, device=x.device)
-    cols = torch.arange(start, stop, device=x.device).repeat(2)
-    # Same arithmetic as torch: the perturbed element is x_j + eps (rounded in x's dtype).
-    flat[rows[:k], cols[:k]] += eps
-    flat[rows[k:], cols[k:]] -= eps
-    return flat.reshape(2 * k, *x.shape)
+def _scratch(role: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+    """A reusable work buffer (contents undefined) for one role, kept between calls.
+
+    Why: at n = 1024 a check touches tens of MB of temporaries. glibc hands big blocks back
+    to the OS when they are freed, so every fresh one is paid again in page faults (on a
+    VM about 2 us per 4 kB page: 8 MB costs ~4 ms, as much as the arithmetic). Buffers that
+    never leave this module (the perturbation batch, the unit cotangents, the score) are
+    therefore kept per thread, one per role, and only replaced when the shape changes.
+    Large ones are not kept, so memory held between calls stays under _SCRATCH_MAX_BYTES.
+    """
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})
+    numel = math.prod(shape)
+    key = (role, dtype, torch.device(device))
+    buf = cache.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        if numel * buf.element_size() <= _SCRATCH_MAX_BYTES:
+            cache[key] = buf
+        else:
+            cache.pop(key, None)
+    return buf[:numel].view(shape)
 
 
-def _numerical_block(fn, args, i, eps, batched) -> tuple[torch.Tensor, bool]:
-    """Columns of the numerical Jacobian for input i, (outputs, n_i), in float64."""
-    x = args[i]
+def _jacobian_buffer(shape: tuple[int, int], device) -> torch.Tensor:
+    """A float64 (outputs, inputs) buffer for a Jacobian the report keeps (contents undefined).
+
+    Why: these two buffers are the only big ones a check must hand out fresh, and fresh
+    memory costs a page fault per 4 kB on first touch (about 4 ms per 8 MB here). On the
+    CPU they are therefore carved from bytearrays this module keeps: ``torch.frombuffer``
+    holds a reference to the bytearray for as long as any tensor or view of it lives, so a
+    reference count of 2 (the pool's list and getrefcount's argument) proves that every
+    earlier report using it is gone and its pages, already mapped, can be reused. While
+    reports are alive their buffers stay theirs; past _POOL_MAX_BYTES, plain torch.empty.
+    """
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=torch.float64, device=device)
+    nbytes = 8 * shape[0] * shape[1]
+    pool = _SCRATCH.__dict__.setdefault("jacobians", [])
+    for i in range(len(pool)):
+        if len(pool[i]) == nbytes and sys.getrefcount(pool[i]) == 2:
+            return torch.frombuffer(pool[i], dtype=torch.float64).view(shape)
+    held = sum(len(b) for b in pool)
+    for i in reversed(range(len(pool))):  # make room: drop unused buffers of other sizes
+        if held + nbytes > _POOL_MAX_BYTES and sys.getrefcount(pool[i]) == 2:
+            held -= len(pool.pop(i))
+    if nbytes == 0 or held + nbytes > _POOL_MAX_BYTES:
+        return torch.empty(shape, dtype=torch.float64)
+    pool.append(bytearray(nbytes))
+    return torch.frombuffer(pool[-1], dtype=torch.float64).view(shape)
+
+
+def _chunk(budget: int, row: int, rows: int) -> int:
+    """Rows per block so that a block of ``row``-wide rows holds about ``budget`` elements."""
+    return max(1, min(rows, budget // max(1, row)))
+
+
+def _numerical_into(out: torch.Tensor, fn, args, i, eps, batched) -> bool:
+    """Write the central-difference columns for input i into ``out`` (outputs, n_i).
+
+    k columns need 2k perturbed copies of x (x + eps e_j, then x - eps e_j), evaluated in
+    one vmap call; blocks of columns bound the memory of the batch and of fn's output.
+    Returns whether the vmap path worked (False: fell back to a loop).
+    """
+    x = args[i].detach()
     n = x.numel()
-    chunk = max(1, min(n, _BATCH_ELEMENTS // max(1, 2 * n)))
-    cols = []
+    m = out.shape[0]
+    k_max = _chunk(_EVAL_ELEMENTS, 2 * max(n, m), n)
+    batch_all = _scratch("batch", (2 * k_max, n), x.dtype, x.device)
 
     def one(xi):
         return _cat([o.reshape(-1) for o in _outputs(fn, args[:i] + (xi,) + args[i + 1:])])
 
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        batch = _perturbed(x, start, stop, eps)
-        k = stop - start
-        out = None
+    for start in range(0, n, k_max):
+        k = min(k_max, n - start)
+        batch = batch_all[:2 * k]
+        batch.copy_(x.reshape(1, n).expand(2 * k, n))
+        # Perturb entry start + r in row r (and in row k + r) through a diagonal view: no
+        # index tensors. Same arithmetic as torch: x_j + eps, x_j - eps rounded in x's dtype.
+        batch[:k, start:start + k].diagonal().add_(eps)
+        batch[k:, start:start + k].diagonal().sub_(eps)
+        batch_x = batch.view(2 * k, *x.shape)
+        vals = None
         if batched:
             try:
-                out = torch.func.vmap(one)(batch)
+                vals = torch.func.vmap(one)(batch_x)
             except Exception:  # not batchable (in-place ops, .item(), old-style Function, ...)
                 batched = False
-        if out is None:
-            out = torch.stack([one(row) for row in batch])
-        # torch's (b - a) / (2 eps), written over the first half of the batch (no new buffer).
-        cols.append(torch.sub(out[:k], out[k:], out=out[:k]).div_(2 * eps).double())
-    # Rows were perturbations; the Jacobian has one row per output entry.
-    return _cat(cols).T.contiguous(), batched
+        if vals is None:
+            vals = torch.stack([one(row) for row in batch_x])
+        if vals.shape[1] != m:
+            raise ValueError(f"fn's outputs changed size under perturbation: {m} entries "
+                             f"before, {vals.shape[1]} after")
+        # torch's (f(x + eps) - f(x - eps)) / (2 eps), rounded the same way.
+        # Written over the first half of vals (no new buffer); then one transposing copy
+        # into the report's Jacobian (torch's copy_ transposes in cache-sized tiles, where
+        # writing the difference through the transposed view directly is 10x slower).
+        diff = torch.sub(vals[:k], vals[k:], out=vals[:k]).div_(2 * eps)
+        out[:, start:start + k].copy_(diff.T)
+    return batched
 
 
 def _analytical(fn, args, checked, outputs, batched) -> tuple[torch.Tensor, bool]:
     """The full analytical Jacobian (all outputs x all checked inputs) from VJPs, float64.
 
     First choice: ``torch.func.vmap`` over ``torch.func.vjp`` with unit cotangents (one
-    batched backward); then autograd's ``is_grads_batched``; last, one backward per row.
+    batched backward per block of rows); then autograd's ``is_grads_batched``; last, one
+    backward per row.
     """
     diff_inputs = [args[i] for i in checked]
     sizes = [o.numel() for o in outputs]
     m = sum(sizes)
     width = sum(x.numel() for x in diff_inputs)
-    chunk = max(1, min(m, _BATCH_ELEMENTS // max(1, m + width)))
+    chunk = _chunk(_EVAL_ELEMENTS, m + width, m)
     dtype, device = outputs[0].dtype, outputs[0].device
 
-    def unit_rows(start, stop):
-        eye = torch.zeros(stop - start, m, dtype=dtype, device=device)
-        eye[torch.arange(stop - start), torch.arange(start, stop)] = 1
+    def unit_rows(start, stop, buf=None):
+        # Rows e_start .. e_stop-1 of the identity; a kept buffer is re-zeroed every time,
+        # so a backward that (wrongly) writes into its cotangent cannot leak into the next.
+        eye = torch.zeros(stop - start, m, dtype=dtype, device=device) if buf is None \
+            else buf[:stop - start].zero_()
+        eye[:, start:stop].diagonal().fill_(1)
         return eye
 
     if m == 0:
@@ -494,11 +569,17 @@ def _analytical(fn, args, checked, outputs, batched) -> tuple[torch.Tensor, bool
                 return _cat([o.reshape(-1) for o in _outputs(fn, tuple(full))])
 
             _, vjp_fn = torch.func.vjp(flat, *(x.detach() for x in diff_inputs))
-            blocks = []
+            jac = _jacobian_buffer((m, width), device)
+            cot = _scratch("cotangents", (chunk, m), dtype, device)
             for start in range(0, m, chunk):
-                grads = torch.func.vmap(vjp_fn)(unit_rows(start, min(m, start + chunk)))
-                blocks.append(_cat([g.reshape(g.shape[0], -1) for g in grads], dim=1).double())
-            return _cat(blocks).cpu(), True
+                stop = min(m, start + chunk)
+                grads = torch.func.vmap(vjp_fn)(unit_rows(start, stop, cot))
+                col = 0
+                for g in grads:  # copied out: the report never holds a view of cot
+                    g = g.reshape(stop - start, -1)
+                    jac[start:stop, col:col + g.shape[1]].copy_(g)
+                    col += g.shape[1]
+            return jac.cpu(), True
         except Exception:  # fn or its backward is not functorch-compatible: try autograd's
             pass
 
@@ -536,26 +617,85 @@ def _analytical(fn, args, checked, outputs, batched) -> tuple[torch.Tensor, bool
     return _cat(blocks).cpu(), batched
 
 
-def _top_entries(score: torch.Tensor, a: torch.Tensor, n: torch.Tensor, k: int) -> list[int]:
-    """Flat indices of the k largest scores, ties broken by the larger |a - n| (no full sort)."""
+def _scores(analytical, numerical, atol, rtol) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-entry ``|a - n| / (atol + rtol |n|)`` (above 1 fails), its maximum per row, and
+    the number of entries failing ``|a - n| <= atol + rtol |n|``.
+
+    Computed block by block of rows into kept buffers: every pass then runs on a block
+    that sits in cache, and no Jacobian-sized temporary is allocated (the score buffer
+    itself is reused between calls; the caller only reads a few entries of it).
+    """
+    m, w = analytical.shape
+    score = _scratch("score", (m, w), torch.float64, analytical.device)
+    rows = _chunk(_PASS_ELEMENTS, w, m)
+    tol_buf = _scratch("tol", (rows, w), torch.float64, analytical.device)
+    ok_buf = _scratch("ok", (rows, w), torch.bool, analytical.device)
+    row_max = torch.empty(m, dtype=torch.float64, device=analytical.device)
+    n_ok, finite = 0, True
+    for start in range(0, m, rows):
+        stop = min(m, start + rows)
+        a, n, s = analytical[start:stop], numerical[start:stop], score[start:stop]
+        tol, ok = tol_buf[:stop - start], ok_buf[:stop - start]
+        torch.abs(n, out=tol).mul_(rtol).add_(atol)  # atol + rtol |n|, torch's order
+        torch.sub(a, n, out=s).abs_()                # |a - n|
+        torch.le(s, tol, out=ok)                     # bit for bit isclose on finite values
+        n_ok += int(ok.sum())
+        # Any inf/NaN in a or n makes |a - n| inf/NaN, and so its sum: one reduction, no
+        # mask. (A finite sum that overflows only sends us to the exact path below.)
+        finite = finite and math.isfinite(float(s.sum()))
+        s.div_(tol)                                  # in place: |a - n| kept only as a ratio
+        torch.amax(s, dim=1, out=row_max[start:stop])  # for _top_entries, while s is in cache
+    if not finite:  # inf == inf counts as close, as in isclose; NaN ratios: 0 if close, else inf
+        ok = torch.isclose(analytical, numerical, rtol=rtol, atol=atol)
+        n_ok = int(ok.sum())
+        score = torch.where(ok, score.nan_to_num(0.0, posinf=0.0),
+                            score.nan_to_num(math.inf).clamp(min=1.0))
+    elif atol == 0:
+        score.nan_to_num_(0.0)  # 0 / 0: an exact match where tol is 0
+    if not finite or atol == 0:
+        row_max = score.amax(dim=1)  # the maxima above saw the scores before this clean-up
+    return score, row_max, m * w - n_ok
+
+
+def _top_entries(score: torch.Tensor, row_max: torch.Tensor, a: torch.Tensor, n: torch.Tensor,
+                 k: int) -> list[int]:
+    """Flat indices of the k largest scores, ties broken by the larger |a - n| (no full sort).
+
+    ``score`` is (rows, cols), ``row_max`` its maximum per row; ``a`` and ``n`` are flat.
+    """
     if k == 0:
         return []
+    width = score.shape[1]
+    flat_score = score.reshape(-1)
 
     def abs_err(idx):
         return (a[idx] - n[idx]).abs().nan_to_num(math.inf)
 
-    values, chosen = torch.topk(score, min(k + 1, score.numel()))
-    if values.numel() > k and values[k - 1] == values[k]:
-        # A tie across the cut (e.g. many exact zeros): settle it by |a - n|.
-        threshold = values[k - 1]
-        above = torch.nonzero(score > threshold).reshape(-1)
-        tied = torch.nonzero(score == threshold).reshape(-1)
-        tied = tied[torch.topk(abs_err(tied), k - above.numel()).indices]
-        chosen = torch.cat([above, tied])
-    chosen = chosen[:k]
-    # Small final sort (k entries, in Python): by score, then by |a - n|, both descending.
-    keys = zip(score[chosen].tolist(), abs_err(chosen).tolist(), chosen.tolist(), strict=True)
-    return [flat for *_, flat in sorted(keys, key=lambda t: (-t[0], -t[1]))]
+    chosen = None
+    if k + 1 < score.shape[0]:
+        # Why: topk over all m*w scores is one slow partial sort (~3 ms for 1M entries).
+        # The k largest entries lie in the k + 1 rows with the largest maxima: an entry v
+        # outside those rows is <= the smallest of their k + 1 maxima <= the (k+1)-th
+        # candidate. So when the k-th candidate is strictly above the (k+1)-th, no entry
+        # elsewhere can reach or tie it, and the k candidates are the global top k.
+        rows = torch.topk(row_max, k + 1).indices
+        values, pos = torch.topk(score[rows].reshape(-1), k + 1)
+        if values[k - 1] > values[k]:
+            chosen = rows[pos[:k] // width] * width + pos[:k] % width
+    if chosen is None:
+        values, chosen = torch.topk(flat_score, min(k + 1, flat_score.numel()))
+        if values.numel() > k and values[k - 1] == values[k]:
+            # A tie across the cut (e.g. many exact zeros): settle it by |a - n|.
+            threshold = values[k - 1]
+            above = torch.nonzero(flat_score > threshold).reshape(-1)
+            tied = torch.nonzero(flat_score == threshold).reshape(-1)
+            tied = tied[torch.topk(abs_err(tied), k - above.numel()).indices]
+            chosen = torch.cat([above, tied])
+        chosen = chosen[:k]
+    # Small final sort (k entries, in Python): by score, then by |a - n|, both descending,
+    # then by position (later first), so the order does not depend on how the k were found.
+    keys = zip(flat_score[chosen].tolist(), abs_err(chosen).tolist(), chosen.tolist(), strict=True)
+    return [flat for *_, flat in sorted(keys, key=lambda t: (-t[0], -t[1], -t[2]))]
 
 
 def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
@@ -614,45 +754,31 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
         analytical, batched_ok = _analytical(fn, args, checked, outputs, batched)
     with torch.no_grad():
         plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        blocks = []
+        # One (outputs, inputs) float64 buffer; each input's block writes its own columns.
+        numerical = _jacobian_buffer(tuple(analytical.shape), outputs[0].device)
+        col = 0
         for i in checked:
-            block, ok = _numerical_block(fn, plain, i, eps, batched_ok)
-            batched_ok = batched_ok and ok
-            blocks.append(block)
-        numerical = _cat(blocks, dim=1).cpu()
+            n_i = args[i].numel()
+            batched_ok = _numerical_into(numerical[:, col:col + n_i], fn, plain, i, eps,
+                                         batched_ok) and batched_ok
+            col += n_i
+        numerical = numerical.cpu()
     if batched and not batched_ok:
         warnings.warn(
             "gradcheck: fn could not run under torch.func.vmap (or its backward under "
             "is_grads_batched); fell back to one call per perturbation, which is slower.",
             UserWarning, stacklevel=2,
         )
-    if analytical.shape != numerical.shape:
-        raise ValueError(f"fn's outputs changed size under perturbation: {analytical.shape} "
-                         f"vs {numerical.shape}")
 
     # torch's criterion |a - n| <= atol + rtol |n|, and the same as a ratio (> 1 fails).
-    diff = analytical.sub(numerical).abs_()
-    tol = numerical.abs().mul_(rtol).add_(atol)
-    ok = diff <= tol  # bit for bit what isclose computes for finite values
-    all_ok = bool(ok.all())
-    score = diff.div_(tol)  # in place: |a - n| itself is recomputed only where reported
-    del diff, tol
-    finite = all_ok or bool(torch.isfinite(analytical).all() and torch.isfinite(numerical).all())
-    if not finite:  # inf == inf counts as close, as in isclose; NaN ratios: 0 if close, else inf
-        ok = torch.isclose(analytical, numerical, rtol=rtol, atol=atol)
-        all_ok = bool(ok.all())
-        score = torch.where(ok, score.nan_to_num(0.0, posinf=0.0),
-                            score.nan_to_num(math.inf).clamp(min=1.0))
-    elif atol == 0:
-        score.nan_to_num_(0.0)  # 0 / 0: an exact match where tol is 0
-    n_failed = 0 if all_ok else int(ok.numel() - int(ok.sum()))
+    score, row_max, n_failed = _scores(analytical, numerical, atol, rtol)
     out_shapes = [o.shape for o in outputs]
     out_starts = [0, *itertools.accumulate(o.numel() for o in outputs)]
     in_shapes = [args[i].shape for i in checked]
     in_starts = [0, *itertools.accumulate(args[i].numel() for i in checked)]
     worst = []
     a_flat, n_flat = analytical.reshape(-1), numerical.reshape(-1)
-    for flat in _top_entries(score.reshape(-1), a_flat, n_flat, min(top, score.numel())):
+    for flat in _top_entries(score, row_max, a_flat, n_flat, min(top, score.numel())):
         r, c = divmod(flat, score.shape[1])
         o = bisect.bisect_right(out_starts, r) - 1
         j = bisect.bisect_right(in_starts, c) - 1
