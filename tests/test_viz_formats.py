@@ -1,6 +1,7 @@
 import math
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -29,7 +30,18 @@ def test_explorer_updates_result_artists_and_image():
     assert w.result["d"].format == "fp32"
     assert sum(b.get_visible() for b in w.boxes) == 32
     assert w.image.value != png
-    assert w.digits[0].get_text() == "0" and w.digits[31].get_visible()
+    # one digit per bit, at the centre of its box: 0.1 in fp32 is 0 01111011 10011001100...
+    zeros, ones = (np.asarray(w.digits[b].get_xdata()) for b in "01")
+    assert len(zeros) + len(ones) == 32
+    bits = "".join("1" if i + 0.46 in ones else "0" for i in range(32))
+    assert bits == "0" + "01111011" + "10011001100110011001101"
+
+
+def test_negative_fp64_shows_its_sign_bit():
+    w = explore_format("fp64", -0.1)
+    ones = np.asarray(w.digits["1"].get_xdata())
+    assert len(ones) + len(w.digits["0"].get_xdata()) == 64
+    assert 0.46 in ones and 1.46 not in ones  # sign 1, then the exponent 01111111011
 
 
 def test_slider_feeds_the_value_and_overflow_is_shown():
@@ -58,3 +70,12 @@ def test_static_png_is_offered_beside_the_widget():
     bundle = w._repr_mimebundle_()
     data = bundle[0] if isinstance(bundle, tuple) else bundle
     assert "image/png" in data and "application/vnd.jupyter.widget-view+json" in data
+
+
+def test_pasted_legend_matches_a_plain_redraw():
+    w = explore_format("fp16", 0.1)
+    w.controls["x"].value = 1e5  # the overflow note sits between the bits and the legend
+    fast = np.asarray(w.fig.canvas.buffer_rgba()).copy()
+    w.frozen = ()  # draw the legend as text again
+    w.render_png()
+    np.testing.assert_array_equal(np.asarray(w.fig.canvas.buffer_rgba()), fast)

@@ -133,12 +133,16 @@ class Explorer(widgets.VBox):
         self.moving = (*self.moving, *artists)
         return artists[0]
 
-    def freeze(self, *artists):
+    def freeze(self, *artists, pad: float = 2):
         """Mark artists whose look and place never change (a legend outside the axes, an
         x-axis label) on a plain background that nothing else draws on: they are drawn once,
         and each later full redraw pastes their pixels instead of laying out and rendering
         the text again (each text costs about a millisecond). Needs a fixed layout (no
-        layout engine after the first render). Returns the first artist."""
+        layout engine after the first render). The pixels kept are the artist's window
+        extent plus ``pad`` pixels each side: enough to cover what sticks out of it (a
+        legend's large markers), not so much that it covers anything that moves. Returns
+        the first artist."""
+        self._frozen_pad = {**getattr(self, "_frozen_pad", {}), **{id(a): pad for a in artists}}
         self.frozen = (*self.frozen, *artists)
         self._frozen_pixels = None
         return artists[0]
@@ -186,7 +190,8 @@ class Explorer(widgets.VBox):
         if pixels is None or pixels[0] != stamp:  # first frame (or a new size): draw them
             canvas.draw()
             renderer = canvas.get_renderer()
-            regions = [canvas.copy_from_bbox(a.get_window_extent(renderer).padded(2))
+            pads = getattr(self, "_frozen_pad", {})
+            regions = [canvas.copy_from_bbox(a.get_window_extent(renderer).padded(pads.get(id(a), 2)))
                        for a in self.frozen if a.get_visible()]
             self._frozen_pixels = (stamp, regions)
             return
