@@ -21,6 +21,7 @@ Jacobian from one batched backward.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import sys
@@ -40,6 +41,7 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # up to n = 1024); the elementwise passes of the comparison, which cost nothing per call,
 # run on 1 MB blocks that stay in cache between passes.
 _EVAL_ELEMENTS = 1 << 21
+_VJP_ELEMENTS = 1 << 21
 _PASS_ELEMENTS = 1 << 17
 _SCRATCH = threading.local()  # per-thread work buffers of gradcheck, see _scratch
 _SCRATCH_MAX_BYTES = 32 << 20  # a bigger work buffer is allocated per call, not kept
@@ -445,8 +447,10 @@ def _scratch(role: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> t
     therefore kept per thread, one per role, and only replaced when the shape changes.
     Large ones are not kept, so memory held between calls stays under _SCRATCH_MAX_BYTES.
     """
-    cache = _SCRATCH.__dict__.setdefault("buffers", {})
     numel = math.prod(shape)
+    if getattr(_SCRATCH, "depth", 0) > 1:  # fn runs a gradcheck itself: the outer one's
+        return torch.empty(shape, dtype=dtype, device=device)  # buffers are in use
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})
     key = (role, dtype, torch.device(device))
     buf = cache.get(key)
     if buf is None or buf.numel() < numel:
@@ -456,6 +460,17 @@ def _scratch(role: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> t
         else:
             cache.pop(key, None)
     return buf[:numel].view(shape)
+
+
+@functools.cache
+def _refcounts_track_views() -> bool:
+    """Whether a bytearray's reference count shows the tensors made from it (CPython: yes)."""
+    buf = bytearray(16)
+    before = sys.getrefcount(buf)
+    view = torch.frombuffer(buf, dtype=torch.float64)[1:]
+    during = sys.getrefcount(buf)
+    del view
+    return before == 2 and during == 3 and sys.getrefcount(buf) == 2
 
 
 def _jacobian_buffer(shape: tuple[int, int], device) -> torch.Tensor:
@@ -469,7 +484,7 @@ def _jacobian_buffer(shape: tuple[int, int], device) -> torch.Tensor:
     earlier report using it is gone and its pages, already mapped, can be reused. While
     reports are alive their buffers stay theirs; past _POOL_MAX_BYTES, plain torch.empty.
     """
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu" or not _refcounts_track_views():
         return torch.empty(shape, dtype=torch.float64, device=device)
     nbytes = 8 * shape[0] * shape[1]
     pool = _SCRATCH.__dict__.setdefault("jacobians", [])
@@ -547,7 +562,7 @@ def _analytical(fn, args, checked, outputs, batched) -> tuple[torch.Tensor, bool
     sizes = [o.numel() for o in outputs]
     m = sum(sizes)
     width = sum(x.numel() for x in diff_inputs)
-    chunk = _chunk(_EVAL_ELEMENTS, m + width, m)
+    chunk = _chunk(_VJP_ELEMENTS, m + width, m)
     dtype, device = outputs[0].dtype, outputs[0].device
 
     def unit_rows(start, stop, buf=None):
@@ -749,6 +764,15 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
             UserWarning, stacklevel=2,
         )
 
+    _SCRATCH.depth = getattr(_SCRATCH, "depth", 0) + 1
+    try:
+        return _gradcheck(fn, args, checked, eps, atol, rtol, top, batched, least)
+    finally:
+        _SCRATCH.depth -= 1
+
+
+def _gradcheck(fn, args, checked, eps, atol, rtol, top, batched, least) -> GradcheckReport:
+    """The work of :func:`gradcheck`, on checked arguments."""
     with torch.enable_grad():
         outputs = _outputs(fn, args)
         analytical, batched_ok = _analytical(fn, args, checked, outputs, batched)
@@ -767,7 +791,7 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
         warnings.warn(
             "gradcheck: fn could not run under torch.func.vmap (or its backward under "
             "is_grads_batched); fell back to one call per perturbation, which is slower.",
-            UserWarning, stacklevel=2,
+            UserWarning, stacklevel=3,
         )
 
     # torch's criterion |a - n| <= atol + rtol |n|, and the same as a ratio (> 1 fails).
