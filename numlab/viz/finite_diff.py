@@ -112,6 +112,9 @@ class StepExplorer(Explorer):
     def setup(self, fig):
         self.ax = fig.add_subplot()
         self.artists = _SweepArtists(self.ax)
+        # A fixed title height (y given): matplotlib otherwise measures every decoration
+        # above the axes on each full redraw to place it (a quarter of that redraw).
+        self.ax.set_title(" ", y=1.0)
         self._sweeps = {}
         # Blitting: axes, ticks and legend stay in a cached background while the limits do
         # not change; the curves, markers, lines and the title are redrawn on top.
@@ -232,6 +235,7 @@ class GradcheckExplorer(Explorer):
     def setup(self, fig):
         self.ax = fig.add_subplot()
         self.artists = _JacobianArtists(self.ax)
+        self.ax.set_title(" ", y=1.0)  # a fixed title height: no search for room on redraws
         # Blitting: the colorbar, ticks and legend stay in a cached background while the
         # Jacobian's shape (the limits) is unchanged; heatmap, crosses and title move.
         self.animate(self.artists.image, self.artists.failed, self.ax.title)
