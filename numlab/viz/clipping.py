@@ -59,6 +59,7 @@ def plot_depth(ax, profile: clipping.DepthProfile):
 class DepthExplorer(Explorer):
     dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
     backgrounds_kept = 8  # the background depends on the axis limits only
+    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
     figsize = (9, 4)
 
     def setup(self, fig):

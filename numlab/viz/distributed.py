@@ -118,6 +118,7 @@ def plot_batchnorm(ax, sweep: nd.BatchNormSweep):
 
 class StalenessExplorer(Explorer):
     figsize = (11, 4.2)
+    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
     dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
 
     def __init__(self, controls, sweep: nd.StaleSweep, steps: int):

@@ -108,6 +108,7 @@ class StepExplorer(Explorer):
     figsize = (9, 4.6)
     dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
     backgrounds_kept = 8  # the background depends on the axis limits only
+    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
 
     def setup(self, fig):
         self.ax = fig.add_subplot()
@@ -230,6 +231,7 @@ class GradcheckExplorer(Explorer):
     figsize = (8, 5)
     dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
     backgrounds_kept = 8  # the background depends on the axis limits only
+    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
     n = 12
 
     def setup(self, fig):

@@ -43,6 +43,7 @@ class FormatExplorer(Explorer):
     """One number in one format: its bits as boxes, its stored value, its neighbours."""
 
     figsize = (10, 3.6)
+    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
     dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
 
     def setup(self, fig):
