@@ -41,7 +41,7 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # up to n = 1024); the elementwise passes of the comparison, which cost nothing per call,
 # run on 1 MB blocks that stay in cache between passes.
 _EVAL_ELEMENTS = 1 << 21
-_VJP_ELEMENTS = 1 << 21
+_VJP_ELEMENTS = 1 << 19
 _PASS_ELEMENTS = 1 << 17
 _SCRATCH = threading.local()  # per-thread work buffers of gradcheck, see _scratch
 _SCRATCH_MAX_BYTES = 32 << 20  # a bigger work buffer is allocated per call, not kept
