@@ -158,3 +158,17 @@ def test_explore_depth_fast_frames_match_a_plain_redraw():
     assert len(full_draws) == 3
     fast = _pixels(w)
     np.testing.assert_array_equal(fast, _redrawn_plainly(w))
+
+
+def test_explore_depth_computes_with_one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        w = explore_depth(depth=20)
+        seen, compute = [], w.compute
+        w.compute = lambda **v: (seen.append(torch.get_num_threads()), compute(**v))[1]
+        w.controls["gain"].value = 0.9
+        assert w.error is None and seen == [1]
+        assert torch.get_num_threads() == 2  # restored after the update
+    finally:
+        torch.set_num_threads(before)
