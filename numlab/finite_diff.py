@@ -644,31 +644,34 @@ def _scores(analytical, numerical, atol, rtol) -> tuple[torch.Tensor, torch.Tens
     score = _scratch("score", (m, w), torch.float64, analytical.device)
     rows = _chunk(_PASS_ELEMENTS, w, m)
     tol_buf = _scratch("tol", (rows, w), torch.float64, analytical.device)
+    diff_buf = _scratch("absdiff", (rows, w), torch.float64, analytical.device)
     ok_buf = _scratch("ok", (rows, w), torch.bool, analytical.device)
     row_max = torch.empty(m, dtype=torch.float64, device=analytical.device)
     n_ok, finite = 0, True
     for start in range(0, m, rows):
         stop = min(m, start + rows)
         a, n, s = analytical[start:stop], numerical[start:stop], score[start:stop]
-        tol, ok = tol_buf[:stop - start], ok_buf[:stop - start]
+        tol, d, ok = tol_buf[:stop - start], diff_buf[:stop - start], ok_buf[:stop - start]
         torch.abs(n, out=tol).mul_(rtol).add_(atol)  # atol + rtol |n|, torch's order
-        torch.sub(a, n, out=s).abs_()                # |a - n|
-        torch.le(s, tol, out=ok)                     # bit for bit isclose on finite values
-        n_ok += int(ok.sum())
-        # Any inf/NaN in a or n makes |a - n| inf/NaN, and so its sum: one reduction, no
-        # mask. (A finite sum that overflows only sends us to the exact path below.)
-        finite = finite and math.isfinite(float(s.sum()))
-        s.div_(tol)                                  # in place: |a - n| kept only as a ratio
-        torch.amax(s, dim=1, out=row_max[start:stop])  # for _top_entries, while s is in cache
-    if not finite:  # inf == inf counts as close, as in isclose; NaN ratios: 0 if close, else inf
+        torch.sub(a, n, out=d).abs_()                # |a - n|
+        torch.div(d, tol, out=s)
+        top = float(torch.amax(s, dim=1, out=row_max[start:stop]).max())
+        if not math.isfinite(top):
+            # inf/NaN in a or n (or 0/0 where atol = 0): settled exactly below.
+            finite = False
+        elif top < 1:
+            # Every ratio < 1, so every |a - n| <= tol: a true |a - n| > tol would make
+            # the quotient > 1, which rounds to >= 1. The block passes without a compare.
+            n_ok += s.numel()
+        else:
+            torch.le(d, tol, out=ok)  # the exact test (a ratio of 1.0 may hide either side)
+            n_ok += int(ok.sum())
+    if not finite:  # as isclose: inf == inf is close; ratios: NaN -> 0 if close, else inf
         ok = torch.isclose(analytical, numerical, rtol=rtol, atol=atol)
         n_ok = int(ok.sum())
         score = torch.where(ok, score.nan_to_num(0.0, posinf=0.0),
                             score.nan_to_num(math.inf).clamp(min=1.0))
-    elif atol == 0:
-        score.nan_to_num_(0.0)  # 0 / 0: an exact match where tol is 0
-    if not finite or atol == 0:
-        row_max = score.amax(dim=1)  # the maxima above saw the scores before this clean-up
+        row_max = score.amax(dim=1)
     return score, row_max, m * w - n_ok
 
 
