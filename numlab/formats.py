@@ -83,8 +83,9 @@ def _value(pattern: int, dtype: torch.dtype) -> float:
 
 
 def _pattern(value: float, dtype: torch.dtype) -> int:
-    """Pattern of a value that is exactly representable in ``dtype``."""
-    return int(_values_to_patterns(torch.tensor([value], dtype=torch.float64).to(dtype)).item())
+    """Unsigned bit pattern of a value that is exactly representable in ``dtype``."""
+    raw = int(_values_to_patterns(torch.tensor([value], dtype=torch.float64).to(dtype)).item())
+    return raw & ((1 << _bits(dtype)) - 1)  # float64's int64 view is signed: unsign it
 
 
 def _last_true(lo: int, hi: int, predicate) -> int:

@@ -166,3 +166,9 @@ def test_ulp_rejects_multi_element_tensors():
 def test_table_prints_every_format_computed():
     text = formats.table()
     assert "11.0859375" in text and "88.5" in text and "2.22e-16" in text
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "fp32", "fp64"])
+def test_negative_numbers_have_sign_bit_one(name):
+    d = decompose(-2.5, name)
+    assert d.sign == 1 and d.stored == -2.5 and d.kind == "normal" and d.exponent == 1

@@ -88,8 +88,7 @@ class FormatExplorer(Explorer):
     def draw(self, r):
         d, f = r["d"], r["format"]
         kinds = ["sign"] + ["exponent"] * f.exponent_bits + ["mantissa"] * f.mantissa_bits
-        # (the sign bit as 0/1: decompose reports fp64's sign of a negative number as -1)
-        bits = f"{int(d.sign != 0)}{d.exponent_bits}{d.mantissa_bits}"
+        bits = f"{d.sign}{d.exponent_bits}{d.mantissa_bits}"
         for i, box in enumerate(self.boxes):
             shown = i < f.bits
             box.set_visible(shown)
