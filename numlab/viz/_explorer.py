@@ -86,6 +86,7 @@ class Explorer(widgets.VBox):
         self.add_class("numlab-explorer")
         for control in controls.values():
             control.observe(self._on_change, names="value")
+            _full_label(control)
         self.update()
 
     # --- what subclasses provide -------------------------------------------------------
@@ -226,6 +227,13 @@ class Explorer(widgets.VBox):
 
 
 _UNSET = object()
+
+
+def _full_label(control) -> None:
+    # ipywidgets cuts a description at a fixed width ("per-devic..."); size it to the text.
+    style = getattr(control, "style", None)
+    if style is not None and getattr(style, "description_width", None) == "":
+        style.description_width = "initial"
 
 
 def _encode_png(canvas) -> bytes:

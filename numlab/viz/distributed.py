@@ -247,7 +247,7 @@ def explore_batchnorm(per_device_batch: int = 2, world_size: int = 2, precompute
         raise ValueError(f"world_size must be 2 or 4, got {world_size!r}")
     return BatchNormExplorer({
         "per_device_batch": widgets.SelectionSlider(options=list(batches), value=per_device_batch,
-                                                    description="per-device b",
+                                                    description="per-device batch",
                                                     continuous_update=False),
         "world_size": widgets.ToggleButtons(options=[2, 4], value=world_size,
                                             description="workers"),
