@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from numlab._checks import int_at_least, positive_number
 from numlab.device import threads
 from numlab.formats import resolve_dtype
 
@@ -53,24 +54,6 @@ def _resolve_device(device) -> torch.device:
     return pick(device)
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def _positive_float(name: str, value, why: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must hold positive finite numbers, got {value!r}"
-                        if name == "thresholds" else
-                        f"{name} must be a positive finite number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value}{why}")
-    return float(value)
-
-
 _NEGATIVE_MAX_NORM = (
     " (torch.nn.utils.clip_grad_norm_ accepts a negative max_norm and silently flips the"
     " sign of every gradient; a zero one erases the gradient)"
@@ -78,11 +61,11 @@ _NEGATIVE_MAX_NORM = (
 
 
 def _check_max_norm(max_norm) -> float:
-    return _positive_float("max_norm", max_norm, _NEGATIVE_MAX_NORM)
+    return positive_number("max_norm", max_norm, _NEGATIVE_MAX_NORM)
 
 
 def _check_clip_value(clip_value) -> float:
-    return _positive_float(
+    return positive_number(
         "clip_value", clip_value,
         " (torch.nn.utils.clip_grad_value_ with a negative value sets every entry to it)",
     )
@@ -147,9 +130,9 @@ def orthogonal_stack(depth: int, width: int, gain: float = 1.0, *, seed: int = 0
 
     Every singular value of ``gain * Q`` equals ``gain``, so its spectral norm is ``gain``.
     """
-    depth = _positive_int("depth", depth)
-    width = _positive_int("width", width)
-    gain = _positive_float("gain", gain)
+    depth = int_at_least("depth", depth)
+    width = int_at_least("width", width)
+    gain = positive_number("gain", gain)
     # Draw at least 256 layers' worth (when that is small) and keep the first `depth`: a depth
     # slider then reuses one cached QR, and a deeper stack extends a shallower one.
     q = _haar_orthogonal(max(depth, min(256, 2**22 // (width * width))), width, int(seed))[:depth]
@@ -173,10 +156,10 @@ def gradient_norms_by_depth(depth: int, width: int = 64, gain: float = 1.0,
     ``predicted[l] = predicted_rate ** (depth - l)``; ``fitted_rate`` is ``exp`` of the
     least-squares slope of ``log norms`` against the distance from the output.
     """
-    depth = _positive_int("depth", depth)
-    width = _positive_int("width", width)
-    batch = _positive_int("batch", batch)
-    gain = _positive_float("gain", gain)
+    depth = int_at_least("depth", depth)
+    width = int_at_least("width", width)
+    batch = int_at_least("batch", batch)
+    gain = positive_number("gain", gain)
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     dtype = _resolve_dtype(dtype)
@@ -390,8 +373,8 @@ def adding_problem(batch: int, seq_len: int, *, generator: torch.Generator | Non
     depends on inputs up to ``seq_len`` steps back. Predicting the mean (1.0) scores an MSE
     of 1/6. Draws from ``generator`` (a fresh one seeded 0 if None).
     """
-    batch = _positive_int("batch", batch)
-    seq_len = _positive_int("seq_len", seq_len, minimum=2)
+    batch = int_at_least("batch", batch)
+    seq_len = int_at_least("seq_len", seq_len, 2)
     gen = torch.Generator().manual_seed(0) if generator is None else generator
     values = torch.rand(batch, seq_len, generator=gen, dtype=torch.float64)
     half = seq_len // 2
@@ -439,15 +422,15 @@ def train_rnn(clip: str | None = None, max_norm: float = 1.0, *, lr: float = 0.3
     if clip not in CLIP_MODES:
         raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
     max_norm = _check_max_norm(max_norm)
-    lr = _positive_float("lr", lr)
-    gain = _positive_float("gain", gain)
-    steps = _positive_int("steps", steps)
-    hidden = _positive_int("hidden", hidden)
+    lr = positive_number("lr", lr)
+    gain = positive_number("gain", gain)
+    steps = int_at_least("steps", steps)
+    hidden = int_at_least("hidden", hidden)
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     dtype, device = _resolve_dtype(dtype), _resolve_device(device)
-    batch = _positive_int("batch", batch)
-    seq_len = _positive_int("seq_len", seq_len, minimum=2)
+    batch = int_at_least("batch", batch)
+    seq_len = int_at_least("seq_len", seq_len, 2)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     args = (clip, max_norm, lr, steps, seed, seq_len, hidden, batch, gain, order, dtype, device)
@@ -553,7 +536,7 @@ def threshold_sweep(thresholds: Iterable[float] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.
     """Run :func:`train_rnn` once per threshold (plus once unclipped) with the same seed."""
     if clip not in ("norm", "value"):
         raise ValueError(f"clip must be 'norm' or 'value' for a sweep, got {clip!r}")
-    thresholds = [_positive_float("thresholds", t, _NEGATIVE_MAX_NORM) for t in thresholds]
+    thresholds = [positive_number("thresholds", t, _NEGATIVE_MAX_NORM) for t in thresholds]
     if not thresholds:
         raise ValueError("thresholds must hold at least one positive number")
     unclipped = train_rnn(None, **train_kwargs)

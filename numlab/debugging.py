@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from numlab._checks import int_at_least, positive_number
 from numlab.device import threads
 
 __all__ = [
@@ -50,22 +51,6 @@ __all__ = [
 def _check_module(model, name="model"):
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a positive finite number, got {value!r}")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _check_dtype(dtype):
@@ -188,7 +173,7 @@ class GradNormLogger:
 
     def __init__(self, model: nn.Module, every: int = 1):
         _check_module(model)
-        self.every = _check_int(every, "every", 1)
+        self.every = int_at_least("every", every, 1)
         self.step = -1
         self._layers: list[str] = []
         self._records: dict[int, dict[str, list[float]]] = {}
@@ -299,7 +284,7 @@ class NanGuard:
         if step is None:
             step = self.next_step
         else:
-            step = _check_int(step, "step", 0)
+            step = int_at_least("step", step, 0)
         self.next_step = step + 1
         self.checked += 1
         if finite:
@@ -433,7 +418,7 @@ def trace_nonfinite(model: nn.Module, *, raise_on_first: bool = False, max_event
     _check_module(model)
     if not isinstance(raise_on_first, bool):
         raise TypeError(f"raise_on_first must be a bool, got {raise_on_first!r}")
-    max_events = _check_int(max_events, "max_events", 1)
+    max_events = int_at_least("max_events", max_events, 1)
     trace = NonFiniteTrace()
     started: list[int] = []  # call indices of the module calls in progress (a stack)
 
@@ -492,7 +477,7 @@ class AnomalyReport:
 
     def trimmed(self, frames: int = 3) -> str:
         """``captured`` with each forward traceback cut to its innermost ``frames`` frames."""
-        frames = _check_int(frames, "frames", 1)
+        frames = int_at_least("frames", frames, 1)
         out = []
         for text in self.captured.split("\nUserWarning: "):
             head, sep, rest = text.partition("Traceback of forward call that caused the error:\n")
@@ -581,7 +566,7 @@ class LogCompress(nn.Module):
 
 def forward_nan_model(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """A model whose forward pass creates NaN in module ``"3"`` (LogCompress), and its input."""
-    seed = _check_int(seed, "seed", 0)
+    seed = int_at_least("seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), LogCompress(), nn.Linear(8, 1))
@@ -612,11 +597,11 @@ def anomaly_overhead(depth: int = 8, width: int = 64, batch: int = 64, repeats: 
 
     Single-threaded, so that the ratio does not depend on what else the machine is doing.
     """
-    depth = _check_int(depth, "depth", 1)
-    width = _check_int(width, "width", 1)
-    batch = _check_int(batch, "batch", 1)
-    repeats = _check_int(repeats, "repeats", 1)
-    torch.manual_seed(_check_int(seed, "seed", 0))
+    depth = int_at_least("depth", depth, 1)
+    width = int_at_least("width", width, 1)
+    batch = int_at_least("batch", batch, 1)
+    repeats = int_at_least("repeats", repeats, 1)
+    torch.manual_seed(int_at_least("seed", seed, 0))
     layers = []
     for _ in range(depth):
         layers += [nn.Linear(width, width), nn.Tanh()]
@@ -688,7 +673,7 @@ def anomaly_demo(case: str = "sqrt", *, measure: bool = True, seed: int = 0) -> 
     """
     if case not in ANOMALY_CASES:
         raise ValueError(f"case must be one of {ANOMALY_CASES}, got {case!r}")
-    model, loss_fn = _anomaly_case(case, _check_int(seed, "seed", 0))
+    model, loss_fn = _anomaly_case(case, int_at_least("seed", seed, 0))
     loss = loss_fn()
     loss.backward()
     nan_grads = sum(int(torch.isnan(p.grad).sum()) for p in model.parameters())
@@ -705,14 +690,14 @@ def misinit_mlp(bad_layer: int = 2, scale: float = 1e-3, depth: int = 4, width: 
 
     ``bad_layer`` is the position of the bad Linear (0-based among Linear layers).
     """
-    depth = _check_int(depth, "depth", 2)
-    bad_layer = _check_int(bad_layer, "bad_layer", 0)
+    depth = int_at_least("depth", depth, 2)
+    bad_layer = int_at_least("bad_layer", bad_layer, 0)
     if bad_layer >= depth:
         raise ValueError(f"bad_layer must be in 0..{depth - 1} (depth={depth}), got {bad_layer}")
-    scale = _check_positive(scale, "scale")
-    width = _check_int(width, "width", 1)
+    scale = positive_number("scale", scale)
+    width = int_at_least("width", width, 1)
     dtype = _check_dtype(dtype)
-    torch.manual_seed(_check_int(seed, "seed", 0))
+    torch.manual_seed(int_at_least("seed", seed, 0))
     sizes = [8] + [width] * (depth - 1) + [1]
     layers = []
     for i in range(depth):
@@ -748,8 +733,8 @@ class MisinitRun:
 def misinit_run(bad_layer: int = 2, scale: float = 1e-3, steps: int = 40, every: int = 5,
                 seed: int = 0, dtype="fp32") -> MisinitRun:
     """Train :func:`misinit_mlp` for a few Adam steps on a smooth regression, logging norms."""
-    steps = _check_int(steps, "steps", 1)
-    every = _check_int(every, "every", 1)
+    steps = int_at_least("steps", steps, 1)
+    every = int_at_least("every", every, 1)
     model = misinit_mlp(bad_layer, scale, seed=seed, dtype=dtype)
     dtype = _check_dtype(dtype)
     with threads(1):
@@ -798,12 +783,12 @@ def nanguard_run(bad_batch: int = 37, batches: int = 60, batch_size: int = 16,
     is back-propagated, the optimiser writes NaN into every weight and all later losses are
     NaN, with no error anywhere.
     """
-    batches = _check_int(batches, "batches", 1)
-    bad_batch = _check_int(bad_batch, "bad_batch", 0)
+    batches = int_at_least("batches", batches, 1)
+    bad_batch = int_at_least("bad_batch", bad_batch, 0)
     if bad_batch >= batches:
         raise ValueError(f"bad_batch must be in 0..{batches - 1}, got {bad_batch}")
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    seed = _check_int(seed, "seed", 0)
+    batch_size = int_at_least("batch_size", batch_size, 1)
+    seed = int_at_least("seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batches * batch_size, 6, generator=gen)
     y = x[:, :1] - 0.5 * x[:, 1:2] + 0.1 * torch.randn(len(x), 1, generator=gen)
@@ -1035,12 +1020,12 @@ def pathology_run(pathology: str, *, steps: int | None = None, every: int = 5, s
     """
     if pathology not in PATHOLOGIES:
         raise ValueError(f"pathology must be one of {PATHOLOGIES}, got {pathology!r}")
-    seed = _check_int(seed, "seed", 0)
+    seed = int_at_least("seed", seed, 0)
     dtype = _check_dtype(dtype)
     dev = _device(device)
     small = pathology in ("overfitting", "leak between splits")
-    every = _check_int(every, "every", 1)
-    steps = _check_int((200 if small else 150) if steps is None else steps, "steps", 3 * every)
+    every = int_at_least("every", every, 1)
+    steps = int_at_least("steps", (200 if small else 150) if steps is None else steps, 3 * every)
     with threads(1):
         return _pathology_run(pathology, steps, every, seed, dtype, dev, small)
 

@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from numlab import _dist_workers as workers
+from numlab._checks import int_at_least, positive_number
 from numlab.device import threads
 from numlab.formats import resolve_dtype, short_name
 
@@ -300,22 +301,6 @@ def run_many(world_size: int, *jobs: tuple[str, dict], backend: str = "auto",
             for i, (name, kwargs) in enumerate(prepared)]
 
 
-def _positive_int(value, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
 def _train_dtype(dtype) -> str:
     dt = resolve_dtype(dtype)
     if dt not in (torch.float32, torch.float64):
@@ -371,13 +356,13 @@ class DDPEquivalence:
 
 def _prepare_ddp(world_size, global_batch=32, steps=10, dtype="fp32", lr=0.1, seed=0):
     _check_world_size(world_size)
-    _positive_int(global_batch, "global_batch")
+    int_at_least("global_batch", global_batch)
     if global_batch % world_size:
         raise ValueError(f"global_batch must be a multiple of world_size={world_size}, "
                          f"got {global_batch}")
-    return {"global_batch": global_batch, "steps": _positive_int(steps, "steps"),
-            "dtype": _train_dtype(dtype), "lr": _positive_float(lr, "lr"),
-            "seed": _positive_int(seed, "seed", 0), "world_size": world_size}
+    return {"global_batch": global_batch, "steps": int_at_least("steps", steps),
+            "dtype": _train_dtype(dtype), "lr": positive_number("lr", lr),
+            "seed": int_at_least("seed", seed, 0), "world_size": world_size}
 
 
 def _reference_ddp(global_batch, steps, dtype, lr, seed, world_size, emulate: bool):
@@ -469,7 +454,7 @@ def reduction_order(world_size: int, n: int = 100_000, dtype="fp32",
     rounded first and the sums can differ by an ulp or so.
     """
     _check_world_size(world_size)
-    _positive_int(n, "n")
+    int_at_least("n", n)
     dt = resolve_dtype(dtype)
     g = torch.randn(world_size, n, generator=torch.Generator().manual_seed(seed),
                     dtype=torch.float64)
@@ -518,7 +503,7 @@ def _prepare_bn_check(world_size, shape=(16, 6), dtype="fp64", seed=0):
     if shape[0] % world_size or shape[0] // world_size * math.prod(shape[2:]) < 1:
         raise ValueError(f"shape[0] must be a multiple of world_size={world_size}, got {shape[0]}")
     return {"shape": tuple(shape), "dtype": _train_dtype(dtype),
-            "seed": _positive_int(seed, "seed", 0), "world_size": world_size}
+            "seed": int_at_least("seed", seed, 0), "world_size": world_size}
 
 
 def _finish_bn_check(per_rank, kw) -> BatchNormCheck:
@@ -592,9 +577,9 @@ def _prepare_bn_sweep(world_size, per_device_batch=(2, 4, 8, 32), steps=60, lr=0
             and all(isinstance(b, int) and not isinstance(b, bool) and b >= 2 for b in batches)):
         raise ValueError(f"per_device_batch must be an int >= 2 or a sequence of them "
                          f"(BatchNorm needs 2 samples), got {per_device_batch!r}")
-    return {"per_device_batches": tuple(batches), "steps": _positive_int(steps, "steps"),
-            "lr": _positive_float(lr, "lr"), "seed": _positive_int(seed, "seed", 0),
-            "test_size": _positive_int(test_size, "test_size"), "world_size": world_size}
+    return {"per_device_batches": tuple(batches), "steps": int_at_least("steps", steps),
+            "lr": positive_number("lr", lr), "seed": int_at_least("seed", seed, 0),
+            "test_size": int_at_least("test_size", test_size), "world_size": world_size}
 
 
 def _finish_bn_sweep(per_rank, kw) -> BatchNormSweep:
@@ -637,10 +622,8 @@ def critical_lr(staleness: int, curvature: float = 1.0) -> float:
     ``w_{t+1} = w_t - lr * c * w_{t-k}`` is stable iff ``lr * c < 2 sin(pi / (2 (2k + 1)))``
     (roots of ``z**(k+1) - z**k + lr*c`` inside the unit circle); k = 0 gives 2 / c.
     """
-    staleness = _positive_int(int(staleness) if isinstance(staleness, np.integer) else staleness,
-                              "staleness", 0)
-    return 2.0 * math.sin(math.pi / (2 * (2 * staleness + 1))) / _positive_float(
-        curvature, "curvature")
+    staleness = int_at_least("staleness", staleness, 0)
+    return 2.0 * math.sin(math.pi / (2 * (2 * staleness + 1))) / positive_number("curvature", curvature)
 
 
 def least_squares_problem(n: int = 256, features: int = 8, seed: int = 0, dtype="fp64"):
@@ -692,9 +675,9 @@ def _stale_losses(lrs, ks, steps, batch_size, seed, dtype):
 
 
 def _check_stale_args(steps, batch_size):
-    _positive_int(steps, "steps")
+    int_at_least("steps", steps)
     if batch_size is not None:
-        _positive_int(batch_size, "batch_size")
+        int_at_least("batch_size", batch_size)
         if batch_size > 256:
             raise ValueError(f"batch_size must be at most the 256 samples, got {batch_size}")
 
@@ -739,8 +722,8 @@ def stale_sgd(staleness: int, lr: float, steps: int = 200, batch_size: int | Non
     synchronous run is stable for lr < 2 and a k-stale one for lr < :func:`critical_lr`.
     ``batch_size=None`` uses the full batch; otherwise a fresh minibatch each step.
     """
-    _positive_int(staleness, "staleness", 0)
-    _positive_float(lr, "lr")
+    int_at_least("staleness", staleness, 0)
+    positive_number("lr", lr)
     _check_stale_args(steps, batch_size)
     with threads(1):
         curves = _stale_losses([lr], [0, staleness], steps, batch_size, seed, dtype)[0]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from numlab import device as _device
+from numlab._checks import int_at_least, positive_number
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,17 +50,6 @@ def resolve_precision(precision) -> str:
         f"precision must be one of {PRECISIONS} (or torch.float32/float16/bfloat16), "
         f"got {precision!r}"
     )
-
-
-def _positive(value, name: str, integer: bool = False):
-    kind = "a positive integer" if integer else "a positive finite number"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be {kind}, got {value!r}")
-    if integer and not isinstance(value, int):
-        raise TypeError(f"{name} must be {kind}, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return value
 
 
 def _check_device(precision: str, device, scaler: bool) -> torch.device:
@@ -95,8 +85,8 @@ def demo_problem(seed: int = 0, device="cpu", width: int = WIDTH, batch: int = B
     """``(model, x, y)``: a fresh fp32 MLP and one batch, the same for the same seed."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer, got {seed!r}")
-    _positive(width, "width", integer=True)
-    _positive(batch, "batch", integer=True)
+    int_at_least("width", width)
+    int_at_least("batch", batch)
     with torch.random.fork_rng(devices=[]):  # never touch the reader's global RNG state
         torch.manual_seed(seed)
         model = torch.nn.Sequential(
@@ -189,21 +179,21 @@ def train(
     precision = resolve_precision(precision)
     if not isinstance(scaler, bool):
         raise TypeError(f"scaler must be True or False, got {scaler!r}")
-    _positive(steps, "steps", integer=True)
-    _positive(loss_scale, "loss_scale")
-    _positive(init_scale, "init_scale")
-    _positive(lr, "lr")
-    _positive(growth_interval, "growth_interval", integer=True)
-    if _positive(growth_factor, "growth_factor") <= 1:
+    int_at_least("steps", steps)
+    positive_number("loss_scale", loss_scale)
+    positive_number("init_scale", init_scale)
+    positive_number("lr", lr)
+    int_at_least("growth_interval", growth_interval)
+    if positive_number("growth_factor", growth_factor) <= 1:
         raise ValueError(f"growth_factor must be > 1, got {growth_factor!r}")
-    if not 0 < _positive(backoff_factor, "backoff_factor") < 1:
+    if not 0 < positive_number("backoff_factor", backoff_factor) < 1:
         raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
     overflow_at = tuple(sorted(set(overflow_at)))
     bad = [s for s in overflow_at if isinstance(s, bool) or not isinstance(s, int)]
     if bad or any(not 0 <= s < steps for s in overflow_at):
         raise ValueError(f"overflow_at must hold integer steps in [0, {steps}), got {overflow_at}")
     if threads is not None:
-        _positive(threads, "threads", integer=True)
+        int_at_least("threads", threads)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable progress(step) or None, got {progress!r}")
     dev = _check_device(precision, device, scaler)
@@ -298,8 +288,8 @@ def gradient_magnitudes(
     threads: int | None = 1,
 ) -> GradientMagnitudes:
     """Gradient magnitudes of the demo task and the share each 16-bit backward flushes to 0."""
-    _positive(loss_scale, "loss_scale")
-    _positive(scale, "scale")
+    positive_number("loss_scale", loss_scale)
+    positive_number("scale", scale)
     dev = _check_device("fp16", device, scaler=False)
     _check_device("bf16", dev, scaler=False)
     with _device.threads(threads):
@@ -350,7 +340,7 @@ def step_times(
     disturbs least; ``None`` uses torch's default thread count. Ignored on GPUs.
     """
     names = list(dict.fromkeys(["fp32", *(resolve_precision(p) for p in precisions)]))
-    _positive(steps, "steps", integer=True)
+    int_at_least("steps", steps)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     devs = {name: _check_device(name, device, scaler=name == "fp16") for name in names}

@@ -174,3 +174,19 @@ def test_threads_context_sets_and_restores():
     with pytest.raises(ValueError, match="threads must be a positive int"):
         with device.threads(0):
             pass
+
+
+def test_shared_argument_checks_name_the_argument():
+    import numpy as np
+
+    from numlab._checks import int_at_least, positive_number
+
+    assert int_at_least("steps", np.int64(3)) == 3 and positive_number("lr", 2) == 2.0
+    for bad, err in [(True, TypeError), (1.5, TypeError), (0, ValueError)]:
+        with pytest.raises(err, match=r"steps must be an int >= 1"):
+            int_at_least("steps", bad)
+    for bad, err in [("1", TypeError), (0.0, ValueError), (float("inf"), ValueError), (-1, ValueError)]:
+        with pytest.raises(err, match="lr must be a positive finite number"):
+            positive_number("lr", bad)
+    with pytest.raises(ValueError, match="flips"):
+        positive_number("max_norm", -1.0, " (a negative one flips signs)")
