@@ -822,3 +822,47 @@ def _gradcheck(fn, args, checked, eps, atol, rtol, top, batched, least) -> Gradc
         batched=batched_ok, analytical=analytical, numerical=numerical, worst=tuple(worst),
         n_failed=n_failed,
     )
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    """Best-of-``repeat`` seconds of numlab's and torch's full gradcheck on the same inputs."""
+
+    numlab_s: float
+    torch_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.torch_s / self.numlab_s
+
+    def __repr__(self):
+        return (f"numlab {self.numlab_s * 1e3:.1f} ms, torch full check {self.torch_s * 1e3:.1f} ms: "
+                f"{self.ratio:.0f}x")
+
+
+def speed_vs_torch(fn, inputs, repeat: int = 5) -> SpeedComparison:
+    """Time :func:`gradcheck` against ``torch.autograd.gradcheck(fast_mode=False)``, one thread.
+
+    One thread, as in ``benchmarks/bench_gradcheck.py``: steadier on a busy laptop. Each
+    side is called once untimed first; the best of ``repeat`` calls is kept.
+    """
+    import time
+
+    from numlab.device import threads
+
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"repeat must be an int >= 1, got {repeat!r}")
+
+    def best(call):
+        call()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with threads(1):
+        ours = best(lambda: gradcheck(fn, inputs))
+        theirs = best(lambda: torch.autograd.gradcheck(fn, inputs))
+    return SpeedComparison(ours, theirs)

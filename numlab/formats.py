@@ -334,6 +334,17 @@ def _nan_pattern(fmt: FloatFormat) -> int:
     return _pattern(math.nan, fmt.dtype) & ((1 << (fmt.bits - 1)) - 1)
 
 
+def eps_by_halving(dtype: torch.dtype | str) -> float:
+    """Machine epsilon found the experimental way: halve a candidate until adding half of it
+    to 1, with the addition done in ``dtype`` itself, no longer changes 1."""
+    dtype = resolve_dtype(dtype)
+    one = torch.tensor(1.0, dtype=dtype)
+    eps = torch.tensor(1.0, dtype=dtype)
+    while one + eps / 2 != one:  # rounding in `dtype`, not in Python's float64
+        eps = eps / 2
+    return eps.item()
+
+
 def table(dtypes=("fp16", "bf16", "fp32", "fp64")) -> str:
     """A plain-text table of the formats' facts, for printing in a notebook."""
     rows = [("format", "bits", "e/m", "eps", "max", "tiny (normal)", "subnormal", "exp overflow")]

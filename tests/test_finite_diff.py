@@ -495,3 +495,16 @@ def test_a_gradcheck_inside_fn_does_not_disturb_the_outer_one():
     ana, num = loop_jacobians(fn, (x,), 1e-6)
     torch.testing.assert_close(report.numerical, num, rtol=1e-6, atol=1e-8)
     assert report.passed
+
+
+def test_speed_vs_torch_times_both_checks():
+    from numlab import finite_diff, layers
+
+    fn, inputs = layers.problem("dense_tanh", 16)
+    before = torch.get_num_threads()
+    result = finite_diff.speed_vs_torch(fn, inputs, repeat=1)
+    assert result.numlab_s > 0 and result.torch_s > 0
+    assert result.ratio == result.torch_s / result.numlab_s and "torch full check" in repr(result)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="repeat must be an int >= 1"):
+        finite_diff.speed_vs_torch(fn, inputs, repeat=0)

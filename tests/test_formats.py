@@ -172,3 +172,8 @@ def test_table_prints_every_format_computed():
 def test_negative_numbers_have_sign_bit_one(name):
     d = decompose(-2.5, name)
     assert d.sign == 1 and d.stored == -2.5 and d.kind == "normal" and d.exponent == 1
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "fp32", "fp64"])
+def test_eps_by_halving_finds_the_gap_above_one(name):
+    assert formats.eps_by_halving(name) == torch.finfo(resolve_dtype(name)).eps
