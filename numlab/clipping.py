@@ -24,7 +24,7 @@ import torch
 
 from numlab._checks import int_at_least, positive_number
 from numlab.device import threads
-from numlab.formats import resolve_dtype
+from numlab.formats import COMPUTE_DTYPES, resolve_dtype
 
 NONLINEARITIES = ("linear", "tanh", "relu")
 CLIP_MODES = (None, "norm", "value")
@@ -37,15 +37,8 @@ _RATE_KIND = {"linear": "exact", "tanh": "upper bound", "relu": "mean-field"}
 
 
 # --- argument checks (messages name the argument and what is allowed) ---------------------
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _resolve_dtype(dtype) -> torch.dtype:
-    """A torch dtype or a name ("fp16", "bf16", ...) via numlab.formats; float8 has no matmul."""
-    dtype = resolve_dtype(dtype)
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of fp16, bf16, fp32, fp64 here, got {dtype}")
-    return dtype
+    return resolve_dtype(dtype, COMPUTE_DTYPES)
 
 
 def _resolve_device(device) -> torch.device:

@@ -54,16 +54,11 @@ def _check_module(model, name="model"):
 
 
 def _check_dtype(dtype):
-    from numlab.formats import resolve_dtype  # lazy: the lead's module, imported on use
+    from numlab.formats import COMPUTE_DTYPES, resolve_dtype  # lazy: imported on use
 
-    dtype = resolve_dtype(dtype)
-    if dtype not in _TRAINABLE:
-        raise ValueError(f"dtype must be one of fp16, bf16, fp32, fp64 (the ones these models "
-                         f"train in), got {dtype}")
-    return dtype
+    return resolve_dtype(dtype, COMPUTE_DTYPES)
 
 
-_TRAINABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _device(device):

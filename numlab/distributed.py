@@ -42,7 +42,9 @@ import torch.multiprocessing as mp
 from numlab import _dist_workers as workers
 from numlab._checks import int_at_least, positive_number
 from numlab.device import threads
-from numlab.formats import resolve_dtype, short_name
+from numlab.formats import COMPUTE_DTYPES, resolve_dtype, short_name
+
+_FP32_FP64 = (torch.float32, torch.float64)  # the dtypes these experiments train and solve in
 
 BACKENDS = ("auto", "gloo", "nccl")
 HOST = "127.0.0.1"
@@ -302,10 +304,7 @@ def run_many(world_size: int, *jobs: tuple[str, dict], backend: str = "auto",
 
 
 def _train_dtype(dtype) -> str:
-    dt = resolve_dtype(dtype)
-    if dt not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be fp32 or fp64 for these experiments, got {dtype!r}")
-    return str(dt).removeprefix("torch.")
+    return str(resolve_dtype(dtype, _FP32_FP64)).removeprefix("torch.")
 
 
 JOBS["rank_info"] = Job(
@@ -455,7 +454,7 @@ def reduction_order(world_size: int, n: int = 100_000, dtype="fp32",
     """
     _check_world_size(world_size)
     int_at_least("n", n)
-    dt = resolve_dtype(dtype)
+    dt = resolve_dtype(dtype, COMPUTE_DTYPES)
     g = torch.randn(world_size, n, generator=torch.Generator().manual_seed(seed),
                     dtype=torch.float64)
     parts = g.to(dt)
@@ -726,7 +725,7 @@ def stale_sgd(staleness: int, lr: float, steps: int = 200, batch_size: int | Non
     positive_number("lr", lr)
     _check_stale_args(steps, batch_size)
     with threads(1):
-        curves = _stale_losses([lr], [0, staleness], steps, batch_size, seed, dtype)[0]
+        curves = _stale_losses([lr], [0, staleness], steps, batch_size, seed, _train_dtype(dtype))[0]
     return StaleRun(lr, staleness, curves[0], curves[1], critical_lr(staleness))
 
 
@@ -776,7 +775,7 @@ def stale_sweep(lrs: Sequence[float] | None = None, staleness: Sequence[int] = r
     _check_stale_args(steps, batch_size)
     lrs = np.sort(lrs)
     with threads(1):
-        losses = _stale_losses(lrs.tolist(), ks.tolist(), steps, batch_size, seed, dtype)
+        losses = _stale_losses(lrs.tolist(), ks.tolist(), steps, batch_size, seed, _train_dtype(dtype))
     return StaleSweep(lrs, ks, losses)
 
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 import torch
 
 from numlab.device import pick
-from numlab.formats import resolve_dtype, short_name
+from numlab.formats import COMPUTE_DTYPES, resolve_dtype, short_name
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DTYPES = COMPUTE_DTYPES
 # gradcheck's block sizes, in elements. Each vmap call of fn or of its backward costs
 # ~0.5 ms of fixed overhead for a custom autograd.Function, so fn sees big blocks (one call
 # up to n = 1024); the elementwise passes of the comparison, which cost nothing per call,
@@ -67,10 +67,7 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 # --- argument checks ------------------------------------------------------------------------
 def _float_dtype(dtype, name: str = "dtype") -> torch.dtype:
-    dt = resolve_dtype(dtype)
-    if dt not in DTYPES:
-        raise ValueError(f"{name} must be one of fp16, bf16, fp32, fp64, got {dtype!r}")
-    return dt
+    return resolve_dtype(dtype, COMPUTE_DTYPES, name)
 
 
 def _function(f, name: str = "f") -> Callable:

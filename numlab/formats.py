@@ -35,15 +35,31 @@ SHORT = {
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A torch floating dtype from a dtype or any accepted name ("fp16", "half", "bf16", ...)."""
-    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _ALIASES:
-        return _ALIASES[dtype.lower().removeprefix("torch.")]
-    if isinstance(dtype, torch.dtype) and dtype in SHORT:
-        return dtype
-    raise ValueError(
-        f"dtype must be a floating torch dtype or one of {sorted(_ALIASES)}, got {dtype!r}"
-    )
+# The formats torch can compute in on every device (fp8 has storage and casts only).
+COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def resolve_dtype(dtype: torch.dtype | str, allowed=None, name: str = "dtype") -> torch.dtype:
+    """A torch floating dtype from a dtype or any accepted name ("fp16", "half", "bf16", ...).
+
+    ``allowed`` (a sequence of dtypes) narrows what the caller can use; the error then
+    names ``name`` and the formats it accepts. This is numlab's one dtype check.
+    """
+    key = dtype.lower().removeprefix("torch.") if isinstance(dtype, str) else None
+    if key in _ALIASES:
+        dt = _ALIASES[key]
+    elif isinstance(dtype, torch.dtype) and dtype in SHORT:
+        dt = dtype
+    else:
+        raise ValueError(
+            f"{name} must be a floating torch dtype or one of {sorted(_ALIASES)}, got {dtype!r}"
+        )
+    if allowed is not None and dt not in allowed:
+        why = (" (torch has no arithmetic for fp8 on the CPU; numlab.formats shows fp8's "
+               "facts and rounding)") if dt.itemsize == 1 else ""
+        raise ValueError(f"{name} must be one of {', '.join(SHORT[d] for d in allowed)} here, "
+                         f"got {dtype!r}{why}")
+    return dt
 
 
 def short_name(dtype: torch.dtype | str) -> str:
@@ -159,14 +175,35 @@ def _limits(dtype: torch.dtype) -> tuple[int, int, float, bool]:
     return round(-math.log2(eps)), max_pattern, _value(max_pattern, dtype), math.isinf(after_max)
 
 
+def _exp_overflow(dtype: torch.dtype, max_pattern: int, largest: float) -> float:
+    """Largest x of ``dtype`` such that exp, computed in ``dtype``, is finite at x and at
+    every representable value below it.
+
+    8- and 16-bit formats: exp of every non-negative value, all at once, so nothing is
+    assumed about where finiteness switches. fp32/fp64 (too many values to try): start
+    from log(max) rounded to the format and walk to the last finite neighbour, which
+    assumes only that the exp kernel is monotone near log(max).
+    """
+    def finite(values: torch.Tensor) -> torch.Tensor:
+        y = _exp_in_format(values, dtype)
+        return torch.isfinite(y) & (y <= largest)
+
+    if _bits(dtype) <= 16:
+        values = _patterns_to_values(torch.arange(max_pattern + 1), dtype)
+        ok = finite(values)
+        return values[-1].item() if bool(ok.all()) else values[int(torch.argmin(ok.int())) - 1].item()
+    p = _pattern(round_to(math.log(largest), dtype), dtype)
+    while bool(finite(torch.tensor([_value(p + 1, dtype)], dtype=torch.float64))):
+        p += 1
+    while not bool(finite(torch.tensor([_value(p, dtype)], dtype=torch.float64))):
+        p -= 1
+    return _value(p, dtype)
+
+
 @functools.cache
 def _info(dtype: torch.dtype) -> FloatFormat:
     bits = _bits(dtype)
     mantissa_bits, max_pattern, largest, has_inf = _limits(dtype)
-
-    def exp_finite(p: int) -> bool:
-        y = _exp_in_format(torch.tensor([_value(p, dtype)], dtype=torch.float64), dtype).item()
-        return math.isfinite(y) and y <= largest
 
     return FloatFormat(
         name=str(dtype).removeprefix("torch."),
@@ -177,7 +214,7 @@ def _info(dtype: torch.dtype) -> FloatFormat:
         max=largest,
         tiny=_value(1 << mantissa_bits, dtype),  # exponent field 1, mantissa 0
         smallest_subnormal=_value(1, dtype),  # the last bit alone
-        exp_overflow=_value(_last_true(0, max_pattern, exp_finite), dtype),
+        exp_overflow=_exp_overflow(dtype, max_pattern, largest),
         has_inf=has_inf,
     )
 
@@ -217,7 +254,10 @@ def round_to(x, dtype: torch.dtype | str):
     cands = _patterns_to_values(pats.clamp(max=max_pattern), dtype)
     # Past max stands "the next number if the exponent went on": max + ulp(max).
     cands[2] = torch.where(p >= max_pattern, 2 * largest - _value(max_pattern - 1, dtype), cands[2])
-    dist = (cands - mag).abs()
+    # Beyond 2 * max the float64 distances to max and to max + ulp(max) round to the same
+    # number (a false tie that went to max); every such value overflows anyway, so it is
+    # measured from 2 * max instead, where both distances are exact (Sterbenz).
+    dist = (cands - mag.clamp(max=2 * largest)).abs()
     nearest = dist == dist.min(0).values
     # Nearest wins; of two equally near (neighbours, so one is even), the even pattern wins.
     best = torch.argmin(torch.where(nearest, (pats % 2).to(torch.float64), 2.0), 0)
@@ -334,15 +374,28 @@ def _nan_pattern(fmt: FloatFormat) -> int:
     return _pattern(math.nan, fmt.dtype) & ((1 << (fmt.bits - 1)) - 1)
 
 
+def add_in_format(a: float, b: float, dtype: torch.dtype | str) -> float:
+    """a + b rounded once to ``dtype``, as that format's hardware addition computes it.
+
+    torch's own kernel where it has one; the 8-bit formats have none on the CPU, so there
+    the sum is formed in float64 (exact for two fp8 values: their bits span fewer than 53
+    places) and rounded once by ``round_to``, which is the correctly rounded fp8 sum.
+    """
+    dtype = resolve_dtype(dtype)
+    a, b = round_to(_finite_number(a, "a"), dtype), round_to(_finite_number(b, "b"), dtype)
+    if _bits(dtype) > 8:
+        return (torch.tensor(a, dtype=dtype) + torch.tensor(b, dtype=dtype)).item()
+    return round_to(a + b, dtype)
+
+
 def eps_by_halving(dtype: torch.dtype | str) -> float:
     """Machine epsilon found the experimental way: halve a candidate until adding half of it
     to 1, with the addition done in ``dtype`` itself, no longer changes 1."""
     dtype = resolve_dtype(dtype)
-    one = torch.tensor(1.0, dtype=dtype)
-    eps = torch.tensor(1.0, dtype=dtype)
-    while one + eps / 2 != one:  # rounding in `dtype`, not in Python's float64
-        eps = eps / 2
-    return eps.item()
+    eps = 1.0
+    while add_in_format(1.0, eps / 2, dtype) != 1.0:  # rounding in `dtype`, not in float64
+        eps /= 2
+    return eps
 
 
 def table(dtypes=("fp16", "bf16", "fp32", "fp64")) -> str:

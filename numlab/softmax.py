@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from numlab.device import pick
-from numlab.formats import info, resolve_dtype, short_name
+from numlab.formats import COMPUTE_DTYPES, info, resolve_dtype, short_name
 
 REDUCTIONS = ("mean", "sum", "none")
 TARGETS = ("high", "low")
@@ -174,7 +174,7 @@ def logit_pattern(scale, n_classes: int, dtype="fp32", device="cpu") -> torch.Te
     ``scale`` may be a number or a 1-D tensor of scales (one row of logits per scale). The
     top logit is ``scale`` itself; the gap between the top and bottom class is ``2 * scale``.
     """
-    dtype, device = resolve_dtype(dtype), pick(device)
+    dtype, device = resolve_dtype(dtype, COMPUTE_DTYPES), pick(device)
     n = _check_n_classes(n_classes)
     s = torch.as_tensor(scale, dtype=torch.float64).to(device)
     u = torch.linspace(1.0, -1.0, n, dtype=torch.float64, device=device)
@@ -316,7 +316,7 @@ def breakpoints(dtype="fp32", n_classes: int = 2, target="low") -> Breakpoints:
     representable ``s`` at which that quantity has an inf or NaN (inf when it never breaks).
     """
     n = _check_n_classes(n_classes)
-    return _breakpoints(resolve_dtype(dtype), n, _target_index(target, n))
+    return _breakpoints(resolve_dtype(dtype, COMPUTE_DTYPES), n, _target_index(target, n))
 
 
 def overflow_threshold(dtype="fp32", n_classes: int = 2) -> float:
@@ -390,7 +390,7 @@ def sweep_logits(scales, dtype="fp32", n_classes: int = 2, target="low", device=
     overflows once p is tiny), then the naive loss (log 0 when p underflows to 0, or NaN
     when the sum overflows); the stable ones stay finite.
     """
-    dtype = resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype, COMPUTE_DTYPES)
     grid = _as_grid(scales, "scales", positive=True)
     n = _check_n_classes(n_classes)
     t = _target_index(target, n)
@@ -455,7 +455,7 @@ def sweep_bce(zs, dtype="fp32", target: float = 1.0, device="cpu") -> BinarySwee
     ``first_bad`` holds, for each naive quantity, the z of smallest magnitude at which it
     is inf/NaN (on either side of 0), or None.
     """
-    dtype, device = resolve_dtype(dtype), pick(device)
+    dtype, device = resolve_dtype(dtype, COMPUTE_DTYPES), pick(device)
     grid = _as_grid(zs, "zs", positive=False)
     if isinstance(target, bool) or not isinstance(target, int | float) or not 0 <= target <= 1:
         raise ValueError(f"target must be a number in [0, 1], got {target!r}")
