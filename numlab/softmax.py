@@ -96,6 +96,8 @@ def softmax_naive(logits: torch.Tensor) -> torch.Tensor:
 def _shift(logits: torch.Tensor) -> torch.Tensor:
     # The max is a constant shift: d/dz of the result does not depend on it, so detaching
     # it leaves the gradient exact. A row of all -inf (or an inf) keeps shift 0, like torch.
+    if logits.shape[-1] == 0:  # no classes: nothing to shift (softmax of nothing is empty)
+        return logits.detach().new_zeros(*logits.shape[:-1], 1)
     m = logits.detach().amax(-1, keepdim=True)
     return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
@@ -111,10 +113,49 @@ def logsumexp_naive(logits: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.exp(_check_float(logits, "logits")).sum(-1))
 
 
+def _rounding_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(a + b) - fl(a + b), exactly (Knuth's TwoSum), detached; 0 where a or b is not finite.
+
+    exp(fl(z - m)) is off by |z - m| * eps/2 relatively (logits 40 and -0.3 in fp32: 16
+    ulp), the error of the subtraction, not of exp. Since exp(d + err) = exp(d) (1 + err)
+    to first order, multiplying by 1 + err puts the lost digits back.
+    """
+    a, b = a.detach(), b.detach()
+    s = a + b
+    a_part = s - b
+    err = (a - a_part) + (b - (s - a_part))
+    return torch.where(torch.isfinite(err), err, torch.zeros_like(err))
+
+
+def _split_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(m, r)`` with logsumexp(z) = m + log1p(r): m the top logit, r the sum of the others'
+    exp(z_j - m).
+
+    The top term exp(0) = 1 stays out of the sum: ``log(1 + r)`` computed as ``log(sum)``
+    would round 1 + r first and lose r whenever r is below eps (logits 1000 and 990 in
+    fp32: r = 4.5e-5, and log(1.0000454) in fp32 is 4.6e-5 wrong by 1 %); log1p keeps it.
+    m is the top logit itself (gathered, not detached), so autograd gives d/dz_k = 1/(1+r)
+    for the top one and e^(z_j-m)/(1+r) for the others: the softmax, also for ties.
+    A row whose top is inf, -inf or NaN keeps m = 0 and the plain sum, like torch.
+    """
+    k = logits.detach().argmax(-1, keepdim=True)
+    top = logits.gather(-1, k)
+    finite = torch.isfinite(top.detach())
+    m = torch.where(finite, top, torch.zeros_like(top))
+    e = torch.exp(logits - m) * (1 + _rounding_error(logits, -m))
+    others = e.scatter(-1, k, 0.0).sum(-1)
+    r = torch.where(finite.squeeze(-1), others, e.sum(-1) - 1)  # non-finite rows: log1p(sum - 1)
+    return m.squeeze(-1), r
+
+
 def logsumexp_stable(logits: torch.Tensor) -> torch.Tensor:
-    """m + log(sum_j exp(z_j - m)) with m = max z (what ``torch.logsumexp`` computes)."""
-    m = _shift(_check_float(logits, "logits"))
-    return m.squeeze(-1) + torch.log(torch.exp(logits - m).sum(-1))
+    """m + log1p(sum_{j != top} exp(z_j - m)) with m = max z: never overflows, and keeps the
+    small terms that ``m + log(sum_j exp(z_j - m))`` (``torch.logsumexp``) rounds away."""
+    logits = _check_float(logits, "logits")
+    if logits.shape[-1] == 0:  # the empty sum: log 0, as torch.logsumexp gives
+        return torch.full(logits.shape[:-1], -math.inf, dtype=logits.dtype, device=logits.device)
+    m, r = _split_logsumexp(logits)
+    return m + torch.log1p(r)
 
 
 def shifted_sum(logits: torch.Tensor) -> torch.Tensor:
@@ -135,7 +176,10 @@ def cross_entropy_stable(logits, target, reduction: str = "mean") -> torch.Tenso
     """logsumexp(z) - z_y (what ``F.cross_entropy`` computes from raw logits)."""
     logits, target = _check_classes(logits, target)
     z_y = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    return _reduce(logsumexp_stable(logits) - z_y, reduction)
+    m, r = _split_logsumexp(logits)
+    # (m - z_y) + log1p(r), not logsumexp - z_y: both terms are >= 0, so nothing cancels,
+    # and a loss of 4.5e-5 is not rounded to the precision of m = 1000 first.
+    return _reduce((m - z_y) + torch.log1p(r), reduction)
 
 
 # --- the binary case ---------------------------------------------------------------------
@@ -164,7 +208,10 @@ def bce_stable(z, target, reduction: str = "mean") -> torch.Tensor:
     # -log s = softplus(-z) and -log(1-s) = softplus(z); their t-mix is softplus(z) - t z.
     # The bracket comes first: for t in {0, 1} it is exact (0 or |z|), so the small
     # log1p term is not lost against a large z.
-    return _reduce((torch.clamp(z, min=0) - t * z) + torch.log1p(torch.exp(-z.abs())), reduction)
+    # max(z, 0) - t z is written as z (1 - t) or -t z, so a soft label near 1 does not
+    # subtract two nearly equal products.
+    linear = torch.where(z > 0, z * (1 - t), -t * z)
+    return _reduce(linear + torch.log1p(torch.exp(-z.abs())), reduction)
 
 
 # --- where the naive forms break ---------------------------------------------------------
