@@ -60,7 +60,8 @@ def test_logsumexp_and_cross_entropy_within_a_few_ulp(dtype):
     cases = {"logsumexp": ([m + lr for m, lr in parts], sm.logsumexp_stable(z), torch.logsumexp(z, -1))}
     for y in (0, 1):
         target = torch.full((len(z),), y)
-        exact = [(m - mpmath.mpf(row[y])) + lr for (m, lr), row in zip(parts, z.double().tolist())]
+        rows = z.double().tolist()
+        exact = [(m - mpmath.mpf(row[y])) + lr for (m, lr), row in zip(parts, rows, strict=True)]
         cases[f"cross-entropy, class {y}"] = (
             exact, sm.cross_entropy_stable(z, target, reduction="none"),
             F.cross_entropy(z, target, reduction="none"))
