@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from numlab._checks import int_at_least, positive_number
+from numlab._checks import flag, fp32_number, int_at_least, positive_number, real_array
+from numlab._checks import seed as check_seed
 from numlab.device import threads
 from numlab.formats import COMPUTE_DTYPES, resolve_dtype
 
@@ -54,11 +55,11 @@ _NEGATIVE_MAX_NORM = (
 
 
 def _check_max_norm(max_norm) -> float:
-    return positive_number("max_norm", max_norm, _NEGATIVE_MAX_NORM)
+    return fp32_number("max_norm", max_norm, _NEGATIVE_MAX_NORM)
 
 
 def _check_clip_value(clip_value) -> float:
-    return positive_number(
+    return fp32_number(
         "clip_value", clip_value,
         " (torch.nn.utils.clip_grad_value_ with a negative value sets every entry to it)",
     )
@@ -126,9 +127,10 @@ def orthogonal_stack(depth: int, width: int, gain: float = 1.0, *, seed: int = 0
     depth = int_at_least("depth", depth)
     width = int_at_least("width", width)
     gain = positive_number("gain", gain)
+    seed = check_seed(seed)
     # Draw at least 256 layers' worth (when that is small) and keep the first `depth`: a depth
     # slider then reuses one cached QR, and a deeper stack extends a shallower one.
-    q = _haar_orthogonal(max(depth, min(256, 2**22 // (width * width))), width, int(seed))[:depth]
+    q = _haar_orthogonal(max(depth, min(256, 2**22 // (width * width))), width, seed)[:depth]
     return (gain * q).to(dtype=_resolve_dtype(dtype), device=_resolve_device(device))
 
 
@@ -153,6 +155,7 @@ def gradient_norms_by_depth(depth: int, width: int = 64, gain: float = 1.0,
     width = int_at_least("width", width)
     batch = int_at_least("batch", batch)
     gain = positive_number("gain", gain)
+    seed = check_seed(seed)
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     dtype = _resolve_dtype(dtype)
@@ -188,8 +191,11 @@ def gradient_norms_by_depth(depth: int, width: int = 64, gain: float = 1.0,
 
 def fit_rate(distance: torch.Tensor, norms: torch.Tensor) -> float:
     """``exp`` of the least-squares slope of ``log(norms)`` on ``distance`` (finite, > 0 only)."""
-    distance = torch.as_tensor(distance, dtype=torch.float64)
-    norms = torch.as_tensor(norms, dtype=torch.float64)
+    distance = torch.from_numpy(real_array("distance", distance, dims=1))
+    norms = torch.from_numpy(real_array("norms", norms, dims=1))
+    if distance.shape != norms.shape:
+        raise ValueError(f"distance and norms must have the same length, got {len(distance)} "
+                         f"and {len(norms)}")
     keep = torch.isfinite(norms) & (norms > 0)
     if int(keep.sum()) < 2:
         return float("nan")
@@ -266,6 +272,7 @@ def clip_comparison(grad, max_norm: float = 1.0, clip_value: float | None = None
     grads = _as_grads(grad)
     max_norm = _check_max_norm(max_norm)
     clip_value = max_norm if clip_value is None else _check_clip_value(clip_value)
+    error_if_nonfinite = flag("error_if_nonfinite", error_if_nonfinite)
     by_norm = [torch.nn.Parameter(g.detach().clone()) for g in grads]
     by_value = [torch.nn.Parameter(g.detach().clone()) for g in grads]
     for p, g in zip(by_norm + by_value, grads + grads, strict=True):
@@ -299,6 +306,11 @@ def clip_grad_norm_checked_(parameters, max_norm: float, *, error_if_nonfinite: 
     by default it also scales by a NaN norm silently.
     """
     max_norm = _check_max_norm(max_norm)
+    error_if_nonfinite = flag("error_if_nonfinite", error_if_nonfinite)
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    if not isinstance(parameters, Iterable) or isinstance(parameters, str):
+        raise TypeError(f"parameters must be a tensor or an iterable of tensors, got {parameters!r}")
     try:
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm,
                                               error_if_nonfinite=error_if_nonfinite)
@@ -368,6 +380,9 @@ def adding_problem(batch: int, seq_len: int, *, generator: torch.Generator | Non
     """
     batch = int_at_least("batch", batch)
     seq_len = int_at_least("seq_len", seq_len, 2)
+    dtype, device = _resolve_dtype(dtype), _resolve_device(device)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     gen = torch.Generator().manual_seed(0) if generator is None else generator
     values = torch.rand(batch, seq_len, generator=gen, dtype=torch.float64)
     half = seq_len // 2
@@ -415,7 +430,7 @@ def train_rnn(clip: str | None = None, max_norm: float = 1.0, *, lr: float = 0.3
     if clip not in CLIP_MODES:
         raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
     max_norm = _check_max_norm(max_norm)
-    lr = positive_number("lr", lr)
+    lr = fp32_number("lr", lr)
     gain = positive_number("gain", gain)
     steps = int_at_least("steps", steps)
     hidden = int_at_least("hidden", hidden)
@@ -424,8 +439,7 @@ def train_rnn(clip: str | None = None, max_norm: float = 1.0, *, lr: float = 0.3
     dtype, device = _resolve_dtype(dtype), _resolve_device(device)
     batch = int_at_least("batch", batch)
     seq_len = int_at_least("seq_len", seq_len, 2)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    seed = check_seed(seed)
     args = (clip, max_norm, lr, steps, seed, seq_len, hidden, batch, gain, order, dtype, device)
     if progress is None:
         return _train_memo(*args)
@@ -529,7 +543,8 @@ def threshold_sweep(thresholds: Iterable[float] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.
     """Run :func:`train_rnn` once per threshold (plus once unclipped) with the same seed."""
     if clip not in ("norm", "value"):
         raise ValueError(f"clip must be 'norm' or 'value' for a sweep, got {clip!r}")
-    thresholds = [positive_number("thresholds", t, _NEGATIVE_MAX_NORM) for t in thresholds]
+    values = real_array("thresholds", thresholds, dims=1).tolist()
+    thresholds = [positive_number("thresholds", t, _NEGATIVE_MAX_NORM) for t in values]
     if not thresholds:
         raise ValueError("thresholds must hold at least one positive number")
     unclipped = train_rnn(None, **train_kwargs)

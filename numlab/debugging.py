@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from numlab._checks import int_at_least, positive_number
+from numlab._checks import flag, int_at_least, positive_number, real_array
 from numlab.device import threads
 
 __all__ = [
@@ -271,7 +271,7 @@ class NanGuard:
             finite = bool(torch.isfinite(values).all())
             bad = values[~torch.isfinite(values)]
             value = float(values[0] if finite or values.numel() == 1 else bad[0])
-        elif isinstance(loss, int | float) and not isinstance(loss, bool):
+        elif isinstance(loss, int | float | np.floating | np.integer) and not isinstance(loss, bool):
             value = float(loss)
             finite = bool(np.isfinite(value))
         else:
@@ -397,7 +397,6 @@ class NonFiniteTrace:
                 f"{len(self.events)} non-finite outputs in all)")
 
 
-@contextlib.contextmanager
 def trace_nonfinite(model: nn.Module, *, raise_on_first: bool = False, max_events: int = 64):
     """Hook every module of ``model``; report the first whose forward output is non-finite.
 
@@ -409,11 +408,15 @@ def trace_nonfinite(model: nn.Module, *, raise_on_first: bool = False, max_event
         with trace_nonfinite(model) as trace:
             loss = loss_fn(model(x), y)
         print(trace.first)
+
+    The arguments are checked at the call, before the ``with`` block starts.
     """
     _check_module(model)
-    if not isinstance(raise_on_first, bool):
-        raise TypeError(f"raise_on_first must be a bool, got {raise_on_first!r}")
-    max_events = int_at_least("max_events", max_events, 1)
+    return _traced(model, flag("raise_on_first", raise_on_first), int_at_least("max_events", max_events, 1))
+
+
+@contextlib.contextmanager
+def _traced(model: nn.Module, raise_on_first: bool, max_events: int):
     trace = NonFiniteTrace()
     started: list[int] = []  # call indices of the module calls in progress (a stack)
 
@@ -668,6 +671,7 @@ def anomaly_demo(case: str = "sqrt", *, measure: bool = True, seed: int = 0) -> 
     """
     if case not in ANOMALY_CASES:
         raise ValueError(f"case must be one of {ANOMALY_CASES}, got {case!r}")
+    measure = flag("measure", measure)
     model, loss_fn = _anomaly_case(case, int_at_least("seed", seed, 0))
     loss = loss_fn()
     loss.backward()
@@ -824,19 +828,21 @@ PATHOLOGIES = ("healthy", "numerical blow-up", "overfitting", "preprocessing mis
 
 def split_overlap(train_x, val_x) -> float:
     """Fraction of validation rows that also occur, exactly, among the training rows."""
-    a, b = (torch.as_tensor(t) for t in (train_x, val_x))
+    # Compared as values, not bytes: float32 and float64 copies of a row are the same row,
+    # and -0.0 is 0.0 (adding 0.0 turns -0.0 into +0.0).
+    a, b = (real_array(name, t) + 0.0 for name, t in (("train_x", train_x), ("val_x", val_x)))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"train_x and val_x must be 2-D with the same number of columns, got "
                          f"shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if len(b) == 0:
         raise ValueError("val_x must have at least one row")
-    seen = {row.tobytes() for row in a.detach().cpu().contiguous().numpy()}
-    return float(np.mean([row.tobytes() in seen for row in b.detach().cpu().contiguous().numpy()]))
+    seen = {row.tobytes() for row in np.ascontiguousarray(a)}
+    return float(np.mean([row.tobytes() in seen for row in np.ascontiguousarray(b)]))
 
 
 def input_shift(train_x, val_x) -> float:
     """Largest |mean_val - mean_train| / std_train over the features, as the model receives them."""
-    a, b = (torch.as_tensor(t, dtype=torch.float64) for t in (train_x, val_x))
+    a, b = (torch.from_numpy(real_array(name, t)) for name, t in (("train_x", train_x), ("val_x", val_x)))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"train_x and val_x must be 2-D with the same number of columns, got "
                          f"shapes {tuple(a.shape)} and {tuple(b.shape)}")
@@ -857,9 +863,12 @@ class Diagnosis:
 
 
 def _as_curve(values, name):
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    arr = real_array(name, values).reshape(-1)
     if arr.size < 2:
         raise ValueError(f"{name} must hold at least 2 evaluations, got {arr.size}")
+    if (arr < 0).any():  # NaN/inf are kept: they are the blow-up signal
+        raise ValueError(f"{name} must hold values >= 0 (a loss such as cross-entropy or MSE, or a "
+                         f"norm; the diagnosis compares ratios), got min {np.nanmin(arr):g}")
     return arr
 
 

@@ -40,7 +40,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from numlab import _dist_workers as workers
-from numlab._checks import int_at_least, positive_number
+from numlab._checks import fp32_number, int_at_least, positive_number, real_array
+from numlab._checks import seed as check_seed
 from numlab.device import threads
 from numlab.formats import COMPUTE_DTYPES, resolve_dtype, short_name
 
@@ -106,6 +107,7 @@ def resolve_backend(backend: str, world_size: int) -> str:
     """``"auto"`` -> ``"nccl"`` with one CUDA device per worker, else ``"gloo"``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    world_size = _check_world_size(world_size)
     if backend == "auto":
         enough_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
         return "nccl" if enough_gpus and dist.is_nccl_available() else "gloo"
@@ -123,11 +125,14 @@ def _check_world_size(world_size) -> int:
     return world_size
 
 
+_MAX_TIMEOUT = 86400.0  # a day; beyond it torch's store timeout overflows a C int of ms
+
+
 def _check_timeout(timeout) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout}")
+    if not 1 <= timeout <= _MAX_TIMEOUT:  # under a second no worker can even start
+        raise ValueError(f"timeout must be between 1 and {_MAX_TIMEOUT:.0f} seconds, got {timeout}")
     return float(timeout)
 
 
@@ -219,8 +224,10 @@ last_worker_pids: list[int] = []
 
 def alive_pids(pids) -> list[int]:
     """The pids in ``pids`` still running (a zombie, dead but not yet reaped, is not)."""
+    if isinstance(pids, int | str) or not isinstance(pids, Sequence | set | tuple):
+        raise TypeError(f"pids must be a list of process ids, got {pids!r}")
     alive = []
-    for pid in pids:
+    for pid in (int_at_least("pids", p) for p in pids):
         try:
             os.kill(pid, 0)  # signal 0: only asks whether the process exists
         except ProcessLookupError:
@@ -360,8 +367,8 @@ def _prepare_ddp(world_size, global_batch=32, steps=10, dtype="fp32", lr=0.1, se
         raise ValueError(f"global_batch must be a multiple of world_size={world_size}, "
                          f"got {global_batch}")
     return {"global_batch": global_batch, "steps": int_at_least("steps", steps),
-            "dtype": _train_dtype(dtype), "lr": positive_number("lr", lr),
-            "seed": int_at_least("seed", seed, 0), "world_size": world_size}
+            "dtype": _train_dtype(dtype), "lr": fp32_number("lr", lr),
+            "seed": check_seed(seed), "world_size": world_size}
 
 
 def _reference_ddp(global_batch, steps, dtype, lr, seed, world_size, emulate: bool):
@@ -455,7 +462,7 @@ def reduction_order(world_size: int, n: int = 100_000, dtype="fp32",
     _check_world_size(world_size)
     int_at_least("n", n)
     dt = resolve_dtype(dtype, COMPUTE_DTYPES)
-    g = torch.randn(world_size, n, generator=torch.Generator().manual_seed(seed),
+    g = torch.randn(world_size, n, generator=torch.Generator().manual_seed(check_seed(seed)),
                     dtype=torch.float64)
     parts = g.to(dt)
     pre = torch.zeros(n, dtype=dt)
@@ -502,7 +509,7 @@ def _prepare_bn_check(world_size, shape=(16, 6), dtype="fp64", seed=0):
     if shape[0] % world_size or shape[0] // world_size * math.prod(shape[2:]) < 1:
         raise ValueError(f"shape[0] must be a multiple of world_size={world_size}, got {shape[0]}")
     return {"shape": tuple(shape), "dtype": _train_dtype(dtype),
-            "seed": int_at_least("seed", seed, 0), "world_size": world_size}
+            "seed": check_seed(seed), "world_size": world_size}
 
 
 def _finish_bn_check(per_rank, kw) -> BatchNormCheck:
@@ -577,7 +584,7 @@ def _prepare_bn_sweep(world_size, per_device_batch=(2, 4, 8, 32), steps=60, lr=0
         raise ValueError(f"per_device_batch must be an int >= 2 or a sequence of them "
                          f"(BatchNorm needs 2 samples), got {per_device_batch!r}")
     return {"per_device_batches": tuple(batches), "steps": int_at_least("steps", steps),
-            "lr": positive_number("lr", lr), "seed": int_at_least("seed", seed, 0),
+            "lr": fp32_number("lr", lr), "seed": check_seed(seed),
             "test_size": int_at_least("test_size", test_size), "world_size": world_size}
 
 
@@ -627,8 +634,13 @@ def critical_lr(staleness: int, curvature: float = 1.0) -> float:
 
 def least_squares_problem(n: int = 256, features: int = 8, seed: int = 0, dtype="fp64"):
     """``(X, y)`` whose loss ``0.5 mean((X w - y)**2)`` has Hessian eigenvalues in [0.05, 1]."""
-    dt = resolve_dtype(dtype)
-    g = torch.Generator().manual_seed(seed)
+    dt = resolve_dtype(dtype, COMPUTE_DTYPES)
+    features = int_at_least("features", features)
+    n = int_at_least("n", n)
+    if n < features:
+        raise ValueError(f"n must be at least features = {features} (an n x features matrix with "
+                         f"orthonormal columns), got n={n}")
+    g = torch.Generator().manual_seed(check_seed(seed))
     q, _ = torch.linalg.qr(torch.randn(n, features, generator=g, dtype=torch.float64))
     # X = sqrt(n) Q diag(s): Hessian X^T X / n = diag(s^2), largest curvature exactly 1
     scales = torch.linspace(math.sqrt(0.05), 1.0, features, dtype=torch.float64)
@@ -724,6 +736,7 @@ def stale_sgd(staleness: int, lr: float, steps: int = 200, batch_size: int | Non
     int_at_least("staleness", staleness, 0)
     positive_number("lr", lr)
     _check_stale_args(steps, batch_size)
+    seed = check_seed(seed)
     with threads(1):
         curves = _stale_losses([lr], [0, staleness], steps, batch_size, seed, _train_dtype(dtype))[0]
     return StaleRun(lr, staleness, curves[0], curves[1], critical_lr(staleness))
@@ -766,13 +779,17 @@ def stale_sweep(lrs: Sequence[float] | None = None, staleness: Sequence[int] = r
                 steps: int = 200, batch_size: int | None = None, seed: int = 0,
                 dtype="fp64") -> StaleSweep:
     """:func:`stale_sgd` for every lr x staleness pair, vectorised (one tensor op per step)."""
-    lrs = np.geomspace(0.02, 2.5, 60) if lrs is None else np.asarray(lrs, dtype=float)
-    ks = np.asarray(list(staleness))
+    lrs = np.geomspace(0.02, 2.5, 60) if lrs is None else real_array("lrs", lrs)
+    ks = real_array("staleness", staleness)
+    if np.any(ks != np.round(ks)):
+        raise ValueError(f"staleness must hold whole numbers of steps, got {ks}")
+    ks = ks.astype(np.int64)
     if lrs.ndim != 1 or lrs.size == 0 or not np.all(np.isfinite(lrs) & (lrs > 0)):
         raise ValueError(f"lrs must be a non-empty 1-D sequence of finite numbers > 0, got {lrs}")
-    if ks.ndim != 1 or ks.size == 0 or ks.dtype.kind not in "iu" or ks.min() < 0:
+    if ks.ndim != 1 or ks.size == 0 or ks.min() < 0:
         raise ValueError(f"staleness must be a non-empty sequence of ints >= 0, got {ks}")
     _check_stale_args(steps, batch_size)
+    seed = check_seed(seed)
     lrs = np.sort(lrs)
     with threads(1):
         losses = _stale_losses(lrs.tolist(), ks.tolist(), steps, batch_size, seed, _train_dtype(dtype))

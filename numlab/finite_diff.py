@@ -81,9 +81,9 @@ def _point(x, dtype: torch.dtype | None, device=None) -> torch.Tensor:
     return t.to(dtype=_float_dtype(dtype) if dtype is not None else None, device=device)
 
 
-def _steps(h, dtype: torch.dtype, device) -> torch.Tensor:
+def _steps(h, dtype: torch.dtype, device, name: str = "h") -> torch.Tensor:
     """Step sizes as a 1-D tensor in ``dtype``; refuses h <= 0, non-finite, or lost in dtype."""
-    bad = TypeError(f"h must be a positive number or a 1-D sequence/tensor of them, got {h!r:.40}")
+    bad = TypeError(f"{name} must be a positive number or a 1-D sequence/tensor of them, got {h!r:.40}")
     if isinstance(h, bool | str) or not isinstance(h, int | float | Sequence | torch.Tensor):
         raise bad
     try:
@@ -91,15 +91,15 @@ def _steps(h, dtype: torch.dtype, device) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError):
         raise bad from None
     if h64.numel() == 0:
-        raise ValueError("h must contain at least one step size")
+        raise ValueError(f"{name} must contain at least one step size")
     if not torch.isfinite(h64).all() or (h64 <= 0).any():
         bad = h64[(h64 <= 0) | ~torch.isfinite(h64)][:3].tolist()
-        raise ValueError(f"every step h must be positive and finite, got {bad}")
+        raise ValueError(f"every step in {name} must be positive and finite, got {bad}")
     hd = h64.to(dtype)
     if (hd == 0).any() or not torch.isfinite(hd).all():
         fi = torch.finfo(dtype)
         raise ValueError(
-            f"some steps h are 0 or infinite in {short_name(dtype)}: h must lie in "
+            f"some steps in {name} are 0 or infinite in {short_name(dtype)}: they must lie in "
             f"[{fi.smallest_normal:.3g}, {fi.max:.3g}] for this dtype"
         )
     return hd.to(device)
@@ -291,7 +291,7 @@ def sweep_h(f, x, dtype=torch.float64, hs=None, df=None, device=None) -> SweepRe
     f = _function(f)
     dtype = _float_dtype(dtype)
     xd = _point(x, dtype, device)
-    h = _steps(default_steps(dtype) if hs is None else hs, dtype, xd.device)
+    h = _steps(default_steps(dtype) if hs is None else hs, dtype, xd.device, "hs")
     n = h.numel()
     values = _call(f, torch.cat([xd + h, xd - h, xd.reshape(1)])).double().cpu()
     hd = h.double().cpu()
@@ -300,6 +300,9 @@ def sweep_h(f, x, dtype=torch.float64, hs=None, df=None, device=None) -> SweepRe
     cen = ((values[:n] - values[n:2 * n]).to(dtype) / (2 * h.cpu())).double()
     if df is None:
         true = float(torch.func.grad(f)(_point(x, torch.float64)))
+        if not math.isfinite(true) or not bool(torch.isfinite(values[-1])):
+            raise ValueError(f"x must be a point where f and its derivative are finite, got x={x!r} "
+                             f"(f(x) = {float(values[-1]):g}, f'(x) = {true:g})")
     else:
         true = float(df)
         if not math.isfinite(true):

@@ -400,6 +400,8 @@ def eps_by_halving(dtype: torch.dtype | str) -> float:
 
 def table(dtypes=("fp16", "bf16", "fp32", "fp64")) -> str:
     """A plain-text table of the formats' facts, for printing in a notebook."""
+    if isinstance(dtypes, str | torch.dtype) or not isinstance(dtypes, tuple | list):
+        raise TypeError(f"dtypes must be a list or tuple of formats, e.g. ['fp16'], got {dtypes!r}")
     rows = [("format", "bits", "e/m", "eps", "max", "tiny (normal)", "subnormal", "exp overflow")]
     for f in map(info, dtypes):
         rows.append((

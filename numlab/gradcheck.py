@@ -392,6 +392,11 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
 # --- speed ------------------------------------------------------------------------------------
 def best_time(call, repeat: int = 5, warmup: int = 1) -> float:
     """Best of ``repeat`` wall-clock seconds of ``call()``, after ``warmup`` untimed calls."""
+    from numlab._checks import int_at_least
+
+    if not callable(call):
+        raise TypeError(f"call must be callable, got {call!r}")
+    repeat, warmup = int_at_least("repeat", repeat), int_at_least("warmup", warmup, 0)
     for _ in range(warmup):
         call()
     times = []

@@ -185,17 +185,19 @@ def problem(name: str, n: int = 16, *, wrong: bool = False, dtype=torch.float64,
     Only ``x`` requires grad; ``dense_tanh`` also takes a fixed ``(n, 16)`` weight scaled by
     ``1/sqrt(n)``, so its outputs stay in tanh's curved range at any ``n``.
     """
+    from numlab._checks import flag, positive_number
+    from numlab._checks import seed as check_seed
     from numlab.device import pick
-    from numlab.formats import resolve_dtype
+    from numlab.formats import COMPUTE_DTYPES, resolve_dtype
 
     if name not in LAYERS:
         raise ValueError(f"name must be one of {sorted(LAYERS)}, got {name!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2 (layer norm needs two entries), got {n!r}")
-    if not isinstance(scale, int | float) or not scale > 0:
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
-    dtype, device = resolve_dtype(dtype), pick(device)
-    gen = torch.Generator().manual_seed(seed)
+    scale = positive_number("scale", scale)
+    flag("wrong", wrong)
+    dtype, device = resolve_dtype(dtype, COMPUTE_DTYPES), pick(device)
+    gen = torch.Generator().manual_seed(check_seed(seed))
     x = (scale * torch.randn(n, generator=gen, dtype=torch.float64)).to(dtype=dtype, device=device)
     x.requires_grad_(True)
     fn = LAYERS[name][1 if wrong else 0]

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from numlab import device as _device
-from numlab._checks import int_at_least, positive_number
+from numlab._checks import flag, fp32_number, int_at_least, positive_number
+from numlab._checks import seed as check_seed
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -83,8 +84,8 @@ def _sync(dev: torch.device) -> None:
 # --- the demo task -----------------------------------------------------------------------
 def demo_problem(seed: int = 0, device="cpu", width: int = WIDTH, batch: int = BATCH):
     """``(model, x, y)``: a fresh fp32 MLP and one batch, the same for the same seed."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed(seed)
+    device = _device.pick(device)
     int_at_least("width", width)
     int_at_least("batch", batch)
     with torch.random.fork_rng(devices=[]):  # never touch the reader's global RNG state
@@ -177,17 +178,20 @@ def train(
     ``progress``: optional callable ``progress(step)`` called after each step.
     """
     precision = resolve_precision(precision)
-    if not isinstance(scaler, bool):
-        raise TypeError(f"scaler must be True or False, got {scaler!r}")
+    scaler = flag("scaler", scaler)
     int_at_least("steps", steps)
-    positive_number("loss_scale", loss_scale)
-    positive_number("init_scale", init_scale)
-    positive_number("lr", lr)
+    check_seed(seed)
+    fp32_number("loss_scale", loss_scale, " (the loss is multiplied by it in float32)")
+    fp32_number("init_scale", init_scale, " (GradScaler keeps its scale in float32)")
+    fp32_number("lr", lr)
     int_at_least("growth_interval", growth_interval)
     if positive_number("growth_factor", growth_factor) <= 1:
         raise ValueError(f"growth_factor must be > 1, got {growth_factor!r}")
     if not 0 < positive_number("backoff_factor", backoff_factor) < 1:
         raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
+    if isinstance(overflow_at, int | str) or not isinstance(overflow_at, Iterable):
+        raise TypeError(f"overflow_at must be a collection of step numbers, e.g. [{overflow_at!r}], "
+                        f"got {overflow_at!r}")
     overflow_at = tuple(sorted(set(overflow_at)))
     bad = [s for s in overflow_at if isinstance(s, bool) or not isinstance(s, int)]
     if bad or any(not 0 <= s < steps for s in overflow_at):
@@ -288,8 +292,9 @@ def gradient_magnitudes(
     threads: int | None = 1,
 ) -> GradientMagnitudes:
     """Gradient magnitudes of the demo task and the share each 16-bit backward flushes to 0."""
-    positive_number("loss_scale", loss_scale)
-    positive_number("scale", scale)
+    fp32_number("loss_scale", loss_scale, " (the loss is multiplied by it in float32)")
+    fp32_number("scale", scale, " (the loss is multiplied by it in float32)")
+    check_seed(seed)
     dev = _check_device("fp16", device, scaler=False)
     _check_device("bf16", dev, scaler=False)
     with _device.threads(threads):
@@ -339,8 +344,13 @@ def step_times(
     ``threads=1`` (the default) times one CPU core, which other work on a shared machine
     disturbs least; ``None`` uses torch's default thread count. Ignored on GPUs.
     """
+    if isinstance(precisions, str) or not isinstance(precisions, Iterable):
+        raise TypeError(f"precisions must be a collection of precisions, got {precisions!r}")
     names = list(dict.fromkeys(["fp32", *(resolve_precision(p) for p in precisions)]))
     int_at_least("steps", steps)
+    int_at_least("width", width)
+    int_at_least("batch", batch)
+    seed = check_seed(seed)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     devs = {name: _check_device(name, device, scaler=name == "fp16") for name in names}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from numlab._checks import real_array
 from numlab.device import pick
 from numlab.formats import COMPUTE_DTYPES, info, resolve_dtype, short_name
 
@@ -223,7 +224,7 @@ def logit_pattern(scale, n_classes: int, dtype="fp32", device="cpu") -> torch.Te
     """
     dtype, device = resolve_dtype(dtype, COMPUTE_DTYPES), pick(device)
     n = _check_n_classes(n_classes)
-    s = torch.as_tensor(scale, dtype=torch.float64).to(device)
+    s = torch.from_numpy(real_array("scale", scale)).to(device)
     u = torch.linspace(1.0, -1.0, n, dtype=torch.float64, device=device)
     return (s.unsqueeze(-1) * u).to(dtype)
 
