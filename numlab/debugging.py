@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from numlab._checks import flag, int_at_least, positive_number, real_array
-from numlab.device import threads
+from numlab._checks import seed as check_seed
+from numlab.device import seeded, threads
 
 __all__ = [
     "NormHistory", "GradNormLogger", "NanGuard", "TensorStats", "NonFiniteEvent",
@@ -566,8 +567,8 @@ def forward_nan_model(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """A model whose forward pass creates NaN in module ``"3"`` (LogCompress), and its input."""
     seed = int_at_least("seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), LogCompress(), nn.Linear(8, 1))
+    with seeded(seed):
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), LogCompress(), nn.Linear(8, 1))
     return model, torch.randn(16, 4, generator=gen)
 
 
@@ -599,13 +600,13 @@ def anomaly_overhead(depth: int = 8, width: int = 64, batch: int = 64, repeats: 
     width = int_at_least("width", width, 1)
     batch = int_at_least("batch", batch, 1)
     repeats = int_at_least("repeats", repeats, 1)
-    torch.manual_seed(int_at_least("seed", seed, 0))
-    layers = []
-    for _ in range(depth):
-        layers += [nn.Linear(width, width), nn.Tanh()]
-    model = nn.Sequential(*layers, nn.Linear(width, 1))
+    with seeded(check_seed(seed)):
+        layers = []
+        for _ in range(depth):
+            layers += [nn.Linear(width, width), nn.Tanh()]
+        model = nn.Sequential(*layers, nn.Linear(width, 1))
+        x, y = torch.randn(batch, width), torch.randn(batch, 1)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x, y = torch.randn(batch, width), torch.randn(batch, 1)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -650,7 +651,11 @@ ANOMALY_CASES = ("sqrt", "entropy")
 
 
 def _anomaly_case(case, seed):
-    torch.manual_seed(seed)
+    with seeded(seed):
+        return _anomaly_model(case, seed)
+
+
+def _anomaly_model(case, seed):
     if case == "sqrt":
         # points embedded by a linear layer and spread apart by their mean pairwise distance
         embed, head = nn.Linear(4, 3), PairwiseDistance()
@@ -696,13 +701,13 @@ def misinit_mlp(bad_layer: int = 2, scale: float = 1e-3, depth: int = 4, width: 
     scale = positive_number("scale", scale)
     width = int_at_least("width", width, 1)
     dtype = _check_dtype(dtype)
-    torch.manual_seed(int_at_least("seed", seed, 0))
     sizes = [8] + [width] * (depth - 1) + [1]
     layers = []
-    for i in range(depth):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < depth - 1:
-            layers.append(nn.ReLU())
+    with seeded(check_seed(seed)):
+        for i in range(depth):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < depth - 1:
+                layers.append(nn.ReLU())
     model = nn.Sequential(*layers).to(dtype)
     with torch.no_grad():
         linear = model[2 * bad_layer]
@@ -794,8 +799,8 @@ def nanguard_run(bad_batch: int = 37, batches: int = 60, batch_size: int = 16,
     y[bad_batch * batch_size + 3] = float("nan")  # a missing target read from a file
 
     def train(guard):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+        with seeded(seed):
+            model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         losses = []
         for b in range(batches):
@@ -1059,10 +1064,10 @@ def _pathology_run(pathology, steps, every, seed, dtype, dev, small):
     shift = input_shift(x_tr, x_va)
     x_tr, y_tr, x_va, y_va, x_fr, y_fr = (t.to(dev) for t in (x_tr, y_tr, x_va, y_va, x_fr, y_fr))
 
-    torch.manual_seed(seed)
     width = 128 if small else 64
-    model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                          nn.Linear(width, 3)).to(device=dev, dtype=dtype)
+    with seeded(seed):
+        model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                              nn.Linear(width, 3)).to(device=dev, dtype=dtype)
     blowup = pathology == "numerical blow-up"
     opt = torch.optim.Adam(model.parameters(), lr=0.1 if blowup else 1e-3)
     loss_fn = _naive_cross_entropy if blowup else nn.functional.cross_entropy

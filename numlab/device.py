@@ -61,6 +61,19 @@ def threads(n: int | None = 1):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """torch's global RNG seeded with ``seed`` inside the block; the reader's RNG state (CPU and
+    every CUDA device) is restored afterwards, so a demo never shifts the reader's own draws.
+
+    For code that draws from the global RNG by design (``nn.Linear``'s initialisation).
+    """
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What mixed precision can do on one device, found by trying it."""

@@ -88,8 +88,7 @@ def demo_problem(seed: int = 0, device="cpu", width: int = WIDTH, batch: int = B
     device = _device.pick(device)
     int_at_least("width", width)
     int_at_least("batch", batch)
-    with torch.random.fork_rng(devices=[]):  # never touch the reader's global RNG state
-        torch.manual_seed(seed)
+    with _device.seeded(seed):  # never touch the reader's global RNG state
         model = torch.nn.Sequential(
             torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, 1)
         )
@@ -358,8 +357,7 @@ def step_times(
     ms = {}
     with _device.threads(threads):
         for name in names:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with _device.seeded(seed):
                 layers = [torch.nn.Linear(width, width), torch.nn.Tanh()] * 3  # shared weights
                 model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1)).to(dev)
                 x = torch.randn(batch, width).to(dev)
