@@ -13,6 +13,7 @@ import io
 import struct
 import time
 import traceback
+import weakref
 import zlib
 
 import ipywidgets as widgets
@@ -70,7 +71,12 @@ class Explorer(widgets.VBox):
     # hundred thousand numbers cost 10x the work itself (16 ms against 1.4 ms).
     compute_threads: int | None = None
 
+    # Explorers of one class kept open at once: re-running a widget cell (a lecturer does,
+    # all hour) closes the oldest beyond this, so figures do not pile up in the kernel.
+    max_open = 4
+
     def __init__(self, controls: dict[str, widgets.Widget], figsize=None):
+        _open.setdefault(type(self), []).append(weakref.ref(self))
         self.controls = controls
         self.result = None
         self.error: BaseException | None = None
@@ -88,6 +94,27 @@ class Explorer(widgets.VBox):
             control.observe(self._on_change, names="value")
             _full_label(control)
         self.update()
+        live = [r for r in _open[type(self)] if r() is not None and r().fig is not None]
+        for old in live[:-self.max_open]:
+            old().close()
+        _open[type(self)] = live[-self.max_open:]
+
+    def close(self) -> None:
+        """Close the widget and everything it holds: its controls and outputs (which the
+        widget registry would otherwise keep alive), its figure and cached pixels."""
+        if self.fig is None:
+            return
+        for control in self.controls.values():
+            control.unobserve(self._on_change, names="value")
+        for child in _descendants(self):
+            if child is not self.layout:
+                child.close()
+        self.fig = None  # the explorer held the only reference
+        for name in ("_background", "_backgrounds", "_frozen_pixels"):
+            self.__dict__.pop(name, None)
+        self.moving = self.frozen = ()
+        super().close()
+        self.layout.close()
 
     # --- what subclasses provide -------------------------------------------------------
     def setup(self, fig: Figure) -> None:
@@ -227,6 +254,16 @@ class Explorer(widgets.VBox):
 
 
 _UNSET = object()
+_open: dict[type, list] = {}  # class -> weak references to its open explorers, oldest first
+
+
+def _descendants(box) -> list:
+    """Every widget under ``box``: children, and each one's layout and style (widgets too)."""
+    out = []
+    for child in getattr(box, "children", ()):
+        out += [*_descendants(child), child]
+    parts = [getattr(box, name, None) for name in ("layout", "style")]
+    return out + [p for p in parts if isinstance(p, widgets.Widget)]
 
 
 def _full_label(control) -> None:

@@ -1,6 +1,7 @@
 """Drawing softmax and its binary cousin: naive vs stable, and where each format breaks."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -285,20 +286,14 @@ def _softplus_health(dtype) -> np.ndarray:
     return np.where(~np.isfinite(sw.softplus_naive), 2, np.where(err > 0.01, 1, 0))
 
 
-_cache: dict = {}
-
-
+@functools.lru_cache(maxsize=8)  # one per format
 def _strip_sweep(dtype: str) -> sm.BinarySweep:
-    if dtype not in _cache:
-        _cache[dtype] = sm.sweep_bce(_STRIP_Z, dtype, target=1.0)
-    return _cache[dtype]
+    return sm.sweep_bce(_STRIP_Z, dtype, target=1.0)
 
 
+@functools.lru_cache(maxsize=32)  # bounded: the label slider can produce many values
 def _curve(dtype: str, target: float) -> sm.BinarySweep:
-    key = ("curve", dtype, target)
-    if key not in _cache:
-        _cache[key] = sm.sweep_bce(_Z_GRID, dtype, target=target)
-    return _cache[key]
+    return sm.sweep_bce(_Z_GRID, dtype, target=target)
 
 
 class BceExplorer(Explorer):
