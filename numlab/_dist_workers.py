@@ -10,8 +10,10 @@ initialised; it reads its rank with ``dist.get_rank()``.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -26,15 +28,29 @@ from numlab.device import threads
 
 
 def _watch_parent(parent_pid: int) -> None:
-    # If the launching process dies without cleaning up (kill -9), the worker would be
-    # orphaned and re-parented; it notices and exits instead of lingering.
+    # If the launching process dies without cleaning up (kill -9 of a kernel), the worker
+    # would be re-parented and live on; it notices and takes its whole process group (what
+    # it started, and itself) down with it.
     while True:
         time.sleep(0.5)
         if os.getppid() != parent_pid:
+            if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
+                os.killpg(os.getpid(), signal.SIGKILL)
             os._exit(3)
 
 
-def bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue, parent_pid):
+def _stack_on_request(stack_dir: str, rank: int):
+    """On SIGUSR1 (sent by the launcher when this rank hangs), write every thread's Python
+    stack to ``stack_dir/rank<r>.stack``: the launcher's WorkerTimeout then shows where it was."""
+    if stack_dir is None or not hasattr(signal, "SIGUSR1"):
+        return None
+    f = open(os.path.join(stack_dir, f"rank{rank}.stack"), "w")  # noqa: SIM115 - open for life
+    faulthandler.register(signal.SIGUSR1, file=f, all_threads=True)
+    return f
+
+
+def bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue, parent_pid,
+              stack_dir=None):
     """Join the process group, run ``fn(*args)``, send back a pickled result or traceback."""
     if hasattr(os, "setpgrp"):
         # Own process group: the launcher can kill this worker *and anything it started*
@@ -42,6 +58,7 @@ def bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue,
         # only the launcher, which then tears the workers down in order.
         os.setpgrp()
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    _stack_file = _stack_on_request(stack_dir, rank)  # noqa: F841 - kept open while fn runs
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         store = dist.TCPStore(host, port, None, False, timeout=timedelta(seconds=timeout_s))

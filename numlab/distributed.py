@@ -27,8 +27,10 @@ import math
 import os
 import pickle
 import queue as queue_module
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,13 +70,27 @@ class WorkerError(RuntimeError):
 
 
 class WorkerTimeout(TimeoutError):
-    """The workers did not all finish within ``timeout`` seconds (they have been stopped)."""
+    """The workers did not all finish within ``timeout`` seconds (they have been stopped).
 
-    def __init__(self, timeout: float, missing: list[int]):
+    ``.missing`` lists the ranks that never reported; ``.stacks[rank]`` is where each of
+    them was when the time ran out (every thread's Python stack, from ``faulthandler``).
+    """
+
+    def __init__(self, timeout: float, missing: list[int], stacks: dict | None = None):
         self.timeout = timeout
         self.missing = missing
-        super().__init__(f"workers {missing} had not finished after timeout={timeout:g} s; "
-                         "all workers were stopped")
+        self.stacks = stacks or {}
+        text = (f"worker rank(s) {missing} had not finished after timeout={timeout:g} s; "
+                "all workers were stopped")
+        for rank, stack in self.stacks.items():
+            text += f"\n--- where rank {rank} was ---\n{_trim_stack(stack)}"
+        super().__init__(text)
+
+
+def _trim_stack(stack: str, lines: int = 12) -> str:
+    # faulthandler prints the innermost frame first; the top few lines say where it hung
+    kept = stack.strip().splitlines()
+    return "\n".join(kept[:lines] + (["  ..."] if len(kept) > lines else []))
 
 
 # --- the launcher --------------------------------------------------------------------
@@ -179,10 +195,11 @@ def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
     results_queue = ctx.Queue()
     # Collectives give up a little after the launcher would, so a hang is reported as one.
     group_timeout = timeout + 30.0
+    stack_dir = tempfile.mkdtemp(prefix="numlab-stacks-")
     processes = [
         ctx.Process(target=workers.bootstrap, name=f"numlab-worker-{rank}",
                     args=(rank, world_size, backend, HOST, store.port, group_timeout, fn, args,
-                          results_queue, os.getpid()))
+                          results_queue, os.getpid(), stack_dir))
         for rank in range(world_size)
     ]
     results: dict[int, object] = {}
@@ -195,7 +212,8 @@ def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
         while len(results) < world_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise WorkerTimeout(timeout, [r for r in range(world_size) if r not in results])
+                missing = [r for r in range(world_size) if r not in results]
+                raise WorkerTimeout(timeout, missing, _stacks(processes, missing, stack_dir))
             try:
                 message = results_queue.get(timeout=min(0.2, remaining))
             except queue_module.Empty:
@@ -215,7 +233,27 @@ def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
             _kill(process)
         results_queue.close()
         results_queue.cancel_join_thread()
+        shutil.rmtree(stack_dir, ignore_errors=True)
         del store
+
+
+def _stacks(processes, ranks, stack_dir, wait_s: float = 1.0) -> dict[int, str]:
+    """Ask each hung rank for its Python stacks (SIGUSR1 -> faulthandler) and read them."""
+    if not hasattr(signal, "SIGUSR1"):
+        return {}
+    for rank in ranks:
+        if processes[rank].is_alive():
+            os.kill(processes[rank].pid, signal.SIGUSR1)
+    out, deadline = {}, time.monotonic() + wait_s
+    while time.monotonic() < deadline and len(out) < len(ranks):
+        time.sleep(0.05)
+        for rank in ranks:
+            path = os.path.join(stack_dir, f"rank{rank}.stack")
+            if rank not in out and os.path.exists(path) and os.path.getsize(path) > 0:
+                time.sleep(0.05)  # let faulthandler finish writing
+                with open(path) as f:
+                    out[rank] = f.read()
+    return out
 
 
 #: The pids of the workers of the latest launch (to check that none is left running).

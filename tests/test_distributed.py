@@ -106,6 +106,30 @@ def test_hang_stops_at_timeout_and_kills_the_workers(tmp_path):
     assert info.value.missing and set(info.value.missing) <= {0, 1}
     assert len(nd.last_worker_pids) == 2
     assert _survivors(nd.last_worker_pids) == []
+    # where the hung rank was: its own stack, named in the message
+    assert 1 in info.value.missing and "hang_on" in info.value.stacks[1]
+    assert "where rank 1 was" in str(info.value) and "hang_on" in str(info.value)
+
+
+def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path):
+    # A kernel killed with SIGKILL cannot clean up: its workers (and what they started)
+    # notice the lost parent and take their process group down themselves.
+    code = ("from numlab import _dist_workers as w, distributed as nd; "
+            f"nd.run_workers(w.hang_on, 2, 1, {str(tmp_path)!r}, True, timeout=300)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    launcher = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("rank*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = _pids(tmp_path, 2)
+        assert len(pids) == 4  # two workers and their grandchildren
+        launcher.kill()
+        launcher.wait()
+        assert _survivors(pids, grace=5.0) == []
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
 
 
 def test_keyboard_interrupt_leaves_no_process(tmp_path):
