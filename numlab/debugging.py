@@ -493,8 +493,10 @@ class AnomalyReport:
     def __repr__(self):
         if not self.raised:
             return "AnomalyReport(no NaN in the backward pass: anomaly mode raised nothing)"
-        return (f"AnomalyReport({self.function} returned NaN; blamed line "
-                f"{os.path.basename(self.file or '?')}:{self.lineno}: {self.line})")
+        # The file, not its line number: a number moves with every unrelated edit above it,
+        # and the committed notebook would print a stale one (.lineno keeps it).
+        return (f"AnomalyReport({self.function} returned NaN; blamed a line in "
+                f"{os.path.basename(self.file or '?')}: {self.line})")
 
 
 def anomaly_report(fn) -> AnomalyReport:

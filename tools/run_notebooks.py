@@ -46,7 +46,20 @@ def _keep_static_view(output) -> None:
         data["text/plain"] = "[interactive widget: run the notebook to use it]"
 
 
-def run(path: pathlib.Path) -> list[str]:
+def coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stream outputs of the same name (stdout, stderr) into one: how the
+    kernel chunks a cell's printing varies from run to run, the text does not."""
+    merged = []
+    for out in outputs:
+        if (merged and out.get("output_type") == "stream" and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")):
+            merged[-1]["text"] = merged[-1]["text"] + out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
+def run(path: pathlib.Path, out_path: pathlib.Path | None = None) -> list[str]:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
@@ -58,11 +71,12 @@ def run(path: pathlib.Path) -> list[str]:
             if "execution_count" in out:
                 out["execution_count"] = count
         cell.metadata.pop("execution", None)
-        for out in cell.get("outputs", []):
+        cell.outputs = coalesce_streams(cell.get("outputs", []))
+        for out in cell.outputs:
             _keep_static_view(out)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata.pop("widgets", None)  # widget state changes every run; the PNG stays
-    nbformat.write(nb, path)
+    nbformat.write(nb, out_path or path)
     return noisy_outputs(nb)
 
 
