@@ -11,8 +11,7 @@ from numlab.gradcheck import gradcheck
 common = pytest.importorskip("torch.testing._internal.common_methods_invocations")
 
 # Where torch's verdict is the wrong one: torch's own test suite marks native_group_norm's
-# gradcheck as an expected failure (its backward is right; the check of its mean/rstd
-# outputs is not), and numlab, which skips outputs that do not require grad, passes it.
+# gradient test (TestBwdGradients.test_fn_grad) as an expected failure; numlab passes it.
 TORCH_IS_WRONG = {"native_group_norm"}
 MAX_INPUTS = 400  # entries per sample: keeps the loop fallbacks short
 pytestmark = pytest.mark.filterwarnings("ignore")  # torch's own samples warn (torch.qr, ...)
