@@ -475,7 +475,8 @@ class AnomalyReport:
         return self.function is not None
 
     def trimmed(self, frames: int = 3) -> str:
-        """``captured`` with each forward traceback cut to its innermost ``frames`` frames."""
+        """``captured`` with each forward traceback cut to its innermost ``frames`` frames,
+        without line numbers."""
         frames = int_at_least("frames", frames, 1)
         out = []
         for text in self.captured.split("\nUserWarning: "):
@@ -488,7 +489,9 @@ class AnomalyReport:
             kept = body[found[-frames].start():] if len(found) > frames else body
             skipped = f"  ... {len(found) - frames} outer frames ...\n" if len(found) > frames else ""
             out.append(head + sep + skipped + "  " + kept.rstrip() + "\n (Triggered internally" + tail)
-        return "\nUserWarning: ".join(out)
+        # line numbers dropped: they move with every edit of the file (a committed notebook
+        # would show stale ones); the file, function and code line say where it was
+        return re.sub(r", line \d+, in ", ", in ", "\nUserWarning: ".join(out))
 
     def __repr__(self):
         if not self.raised:

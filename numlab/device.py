@@ -68,6 +68,9 @@ def seeded(seed: int):
 
     For code that draws from the global RNG by design (``nn.Linear``'s initialisation).
     """
+    from numlab._checks import seed as check_seed
+
+    seed = check_seed(seed)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)

@@ -379,6 +379,21 @@ def overflow_threshold(dtype="fp32", n_classes: int = 2) -> float:
     return breakpoints(dtype, n_classes, "high").softmax
 
 
+def softplus_breakpoint(dtype="fp32") -> float:
+    """Smallest representable z at which the naive ``log(1 + e^z)`` is inf in ``dtype``.
+
+    Found like :func:`breakpoints`, by bisection over every representable value, so it is
+    exact where a sweep over a grid of z only brackets it.
+    """
+    dtype = resolve_dtype(dtype, COMPUTE_DTYPES)
+    return _breakpoint_softplus(dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _breakpoint_softplus(dtype: torch.dtype) -> float:
+    return _first_bad(lambda z: ~torch.isfinite(softplus_naive(z)), dtype)
+
+
 # --- sweeps ------------------------------------------------------------------------------
 def _as_grid(values, name: str, positive: bool) -> np.ndarray:
     try:

@@ -65,6 +65,7 @@ GOOD = {
     sm.logit_pattern: dict(scale=2.0, n_classes=3, dtype="fp32", device="cpu"),
     sm.breakpoints: dict(dtype="fp16", n_classes=2, target="low"),
     sm.overflow_threshold: dict(dtype="fp16", n_classes=2),
+    sm.softplus_breakpoint: dict(dtype="fp16"),
     sm.sweep_logits: dict(scales=[1.0, 2.0], dtype="fp16", n_classes=2, target="low", device="cpu"),
     sm.sweep_bce: dict(zs=[1.0, -2.0], dtype="fp32", target=1.0, device="cpu"),
     clipping.orthogonal_stack: dict(depth=2, width=3, gain=1.0, seed=0, dtype="fp64", device="cpu"),
@@ -110,6 +111,7 @@ GOOD = {
     debugging.pathology_run: dict(pathology="healthy", steps=3, every=1, seed=0, dtype="fp32", device="cpu"),
     device.pick: dict(device="cpu"),
     device.threads: dict(n=1),
+    device.seeded: dict(seed=0),
     device.capabilities: dict(device="cpu"),
     layers.problem: dict(name="tanh", n=4, wrong=False, dtype="fp64", device="cpu", seed=0, scale=1.0),
     check.exercises: dict(notebook="00"),
@@ -196,7 +198,7 @@ def _call(fn, good, name, bad):
                   **kwargs)
     assert not positional, fn
     out = fn(**kwargs)
-    if fn is device.threads:
+    if fn in (device.threads, device.seeded):
         with out:
             pass
     return out

@@ -123,3 +123,14 @@ def test_gradients_are_the_softmax_also_for_tied_logits():
     (g,) = torch.autograd.grad(sm.cross_entropy_stable(z, y, reduction="sum"), z)
     (want,) = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), z)
     torch.testing.assert_close(g, want)
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "fp32", "fp64"])
+def test_softplus_breakpoint_is_where_exp_overflows(name):
+    from numlab import formats
+
+    z = sm.softplus_breakpoint(name)
+    assert z == formats.neighbors(formats.info(name).exp_overflow, name)[1]
+    dtype = formats.resolve_dtype(name)
+    assert torch.isinf(sm.softplus_naive(torch.tensor([z], dtype=dtype))).all()
+    assert torch.isfinite(sm.softplus_naive(torch.tensor([formats.info(name).exp_overflow], dtype=dtype))).all()
