@@ -270,28 +270,39 @@ def round_to(x, dtype: torch.dtype | str):
 
 
 def neighbors(x: float, dtype: torch.dtype | str) -> tuple[float, float]:
-    """The representable values just below and just above ``round_to(x, dtype)``."""
+    """The representable values just below and just above ``round_to(x, dtype)``.
+
+    Above ``max`` stands inf in formats that have it and NaN ("no such number") in those
+    that do not (float8_e4m3fn).
+    """
     fmt = info(dtype)
-    stored = round_to(_finite_number(x, "x"), fmt.dtype)
-    if not math.isfinite(stored):
-        return (fmt.max, math.inf) if stored > 0 else (-math.inf, -fmt.max)
+    x = _finite_number(x, "x")
+    stored = round_to(x, fmt.dtype)
+    past = math.inf if fmt.has_inf else math.nan  # what lies beyond max
+    if not math.isfinite(stored):  # x rounded past max (or was inf/NaN)
+        pair = (fmt.max, past)
+        return pair if math.copysign(1, x) > 0 else (-pair[1], -pair[0])
     p = _pattern(abs(stored), fmt.dtype)
     down = _value(p - 1, fmt.dtype) if p > 0 else -_value(1, fmt.dtype)
-    up = _value(p + 1, fmt.dtype) if abs(stored) < fmt.max else math.inf  # past max: overflow
+    up = _value(p + 1, fmt.dtype) if abs(stored) < fmt.max else past
     if stored < 0 or (stored == 0 and math.copysign(1, stored) < 0):
         return -up, -down
     return down, up
 
 
 def ulp(x: float, dtype: torch.dtype | str) -> float:
-    """Gap from |round_to(x)| to the next larger representable magnitude (numpy.spacing's rule)."""
+    """The spacing of the format's numbers at ``|round_to(x)|``: the gap to the next larger
+    magnitude, and at ``max`` (where there is none) the gap to the one below, which is the
+    same spacing (numpy.spacing says inf there; the grid's step is what a reader wants).
+    NaN where x rounds past max."""
     fmt = info(dtype)
     stored = abs(round_to(_finite_number(x, "x"), fmt.dtype))
     if not math.isfinite(stored):
         return math.nan
+    p = _pattern(stored, fmt.dtype)
     if stored == fmt.max:
-        return math.inf if fmt.has_inf else math.nan
-    return _value(_pattern(stored, fmt.dtype) + 1, fmt.dtype) - stored
+        return stored - _value(p - 1, fmt.dtype)
+    return _value(p + 1, fmt.dtype) - stored
 
 
 def _finite_number(x, name: str) -> float:

@@ -84,6 +84,12 @@ def test_round_to_is_the_nearest_representable(name, data):
     x = data.draw(st.floats(min_value=-f.max, max_value=f.max))
     v = round_to(x, name)
     below, above = neighbors(x, name)
+    if math.isnan(above):  # v is e4m3fn's max: that format has nothing above it
+        assert v == info(name).max and below < v
+        above = math.inf
+    if math.isnan(below):  # ... nor below -max
+        assert v == -info(name).max and v < above
+        below = -math.inf
     assert below < v < above or (v == 0 and below < 0 < above)
     assert abs(x - v) <= abs(x - below) and abs(x - v) <= abs(x - above)
 
@@ -115,10 +121,14 @@ def test_ulp_matches_numpy_spacing(name, x):
     assert ulp(x, name) == abs(float(np.spacing(abs(nx))))
 
 
-def test_ulp_is_eps_at_one_and_inf_at_max():
-    for name in ("fp16", "bf16", "fp32", "fp64"):
-        assert ulp(1.0, name) == info(name).eps
-        assert ulp(info(name).max, name) == math.inf
+def test_ulp_is_eps_at_one_and_the_top_binades_step_at_max():
+    for name in ("fp16", "bf16", "fp32", "fp64", "e4m3", "e5m2"):
+        f = info(name)
+        assert ulp(1.0, name) == f.eps
+        top_binade_step = math.ldexp(f.eps, math.frexp(f.max)[1] - 1)
+        assert ulp(f.max, name) == f.max - neighbors(f.max, name)[0] == top_binade_step
+    assert ulp(65519, "fp16") == 32.0  # stored as max: the spacing there, not inf
+    assert math.isnan(ulp(1e6, "fp16"))  # past max
 
 
 def test_decompose_point_one_in_fp16():

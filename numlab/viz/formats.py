@@ -123,8 +123,14 @@ class FormatExplorer(Explorer):
         return (
             f"<b>{d.x!r}</b> is stored in {f.short} as <b>{d.stored!r}</b> ({d.kind}); "
             f"rounding error {d.abs_error:.3g} (relative {d.rel_error:.3g}); "
-            f"neighbours {below:.8g} and {above:.8g}; ulp here {r['ulp']:.3g}"
+            f"neighbours {_neighbour(below, f)} and {_neighbour(above, f)}; "
+            f"spacing of the numbers here (ulp) {r['ulp']:.3g}"
         )
+
+
+def _neighbour(value: float, f) -> str:
+    # NaN stands for "no number there": e4m3fn has nothing beyond +-max, not even inf
+    return f"none (no inf in {f.short})" if math.isnan(value) else f"{value:.8g}"
 
 
 def explore_format(dtype="fp16", x=0.1):
