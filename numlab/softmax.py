@@ -308,9 +308,38 @@ def _first_bad(bad, dtype: torch.dtype, per_round: int = 256, known_bad: float |
     return float(values([hi])[0])
 
 
+WRONG = 0.01  # a naive gradient entry off by more than this (gradients lie in [-1, 1]) is wrong
+
+
+def wrong_limit(dtype) -> float:
+    """How far a gradient entry may be off before it counts as wrong: ``WRONG`` (1 %), or
+    4 eps in a format too coarse for that (bf16: 0.031), where rounding alone reaches 1 %."""
+    return max(WRONG, 4 * info(resolve_dtype(dtype, COMPUTE_DTYPES)).eps)
+
+
+def _first_true_scan(bad, dtype: torch.dtype, hi: float) -> float:
+    """Smallest positive s <= hi with ``bad(s)``, without assuming bad stays true once true
+    (a rounded gradient's error goes up and down): every representable value of an 8- or
+    16-bit format is tried, and 8192 geometrically spaced ones below ``hi`` for fp32/fp64."""
+    if not math.isfinite(hi):
+        hi = info(dtype).max
+    if info(dtype).bits <= 16:
+        itype = {1: torch.uint8, 2: torch.int16}[torch.empty((), dtype=dtype).element_size()]
+        top = int(torch.tensor(hi, dtype=dtype).view(itype))
+        candidates = torch.arange(1, top + 1, dtype=torch.int64).to(itype).view(dtype)
+    else:
+        candidates = torch.unique(torch.logspace(math.log10(hi) - 6, math.log10(hi), 8192,
+                                                 dtype=torch.float64).to(dtype))
+    flags = torch.cat([bad(chunk) for chunk in candidates.split(1024)])
+    return float(candidates[flags][0]) if bool(flags.any()) else math.inf
+
+
 @dataclass(frozen=True)
 class Breakpoints:
-    """The smallest logit scale at which each naive quantity first turns inf or NaN."""
+    """The smallest logit scale at which each naive quantity first turns inf or NaN, and
+    ``grad_wrong``: the first at which the naive gradient, still finite, is off by more than
+    :func:`wrong_limit` from the exact one (it goes wrong before it goes NaN). It is exact
+    for fp16/bf16 (every value tried) and on a grid of 8192 scales for fp32/fp64."""
 
     dtype: str
     n_classes: int
@@ -318,12 +347,23 @@ class Breakpoints:
     softmax: float
     loss: float
     grad: float
+    grad_wrong: float = math.inf
 
     def __repr__(self):
         return (
             f"Breakpoints({self.dtype}, {self.n_classes} classes, target {self.target}: "
-            f"softmax {self.softmax:.7g}, loss {self.loss:.7g}, grad {self.grad:.7g})"
+            f"softmax {self.softmax:.7g}, loss {self.loss:.7g}, grad {self.grad:.7g}; "
+            f"grad wrong from {self.grad_wrong:.7g})"
         )
+
+
+def _grad_error(logits: torch.Tensor, naive_grad: torch.Tensor, target: int) -> torch.Tensor:
+    """Largest |naive - exact| gradient entry per row (inf where the naive one is not finite).
+    Exact: softmax of the same stored logits in float64, minus the one-hot target."""
+    exact = torch.softmax(logits.double(), -1)
+    exact[..., target] -= 1
+    err = (naive_grad.double() - exact).abs().amax(-1)
+    return torch.where(torch.isfinite(naive_grad).all(-1), err, torch.full_like(err, math.inf))
 
 
 @functools.lru_cache(maxsize=256)
@@ -344,6 +384,10 @@ def _breakpoints(dtype: torch.dtype, n: int, target: int) -> Breakpoints:
     def grad_bad(s):
         return ~torch.isfinite(_naive_all(rows(s), target)[3]).all(-1)
 
+    def grad_off(s):
+        z = rows(s)
+        return _grad_error(z, _naive_all(z, target)[3], target) > wrong_limit(dtype)
+
     # torch runs exp/log on large tensors across threads; on a busy machine that
     # wake-up costs more than the work, so each round stays at about 1024 logits.
     per_round = max(16, 1024 // n)
@@ -352,8 +396,9 @@ def _breakpoints(dtype: torch.dtype, n: int, target: int) -> Breakpoints:
     softmax = _first_bad(sum_bad, dtype, per_round)
     loss = _first_bad(loss_bad, dtype, per_round, known_bad=softmax)
     grad = _first_bad(grad_bad, dtype, per_round, known_bad=loss)
+    grad_wrong = _first_true_scan(grad_off, dtype, grad)
     return Breakpoints(dtype=short_name(dtype), n_classes=n, target=target,
-                       softmax=softmax, loss=loss, grad=grad)
+                       softmax=softmax, loss=loss, grad=grad, grad_wrong=grad_wrong)
 
 
 def breakpoints(dtype="fp32", n_classes: int = 2, target="low") -> Breakpoints:
@@ -435,11 +480,20 @@ class LogitSweep:
     loss_stable: np.ndarray
     grad_naive: np.ndarray   # (S, n) d loss / d logits
     grad_stable: np.ndarray
+    grad_error: np.ndarray   # (S,) largest |naive - exact| gradient entry (inf: non-finite)
     first_bad: dict = field(default_factory=dict)  # quantity -> first scale non-finite, or None
+
+    @property
+    def first_wrong(self) -> float | None:
+        """First scale whose naive gradient is off by more than ``wrong_limit`` (or non-finite)."""
+        wrong = np.flatnonzero(self.grad_error > wrong_limit(self.dtype))
+        return float(self.scales[wrong[0]]) if wrong.size else None
 
     def __repr__(self):
         bad = ", ".join(f"{k} {'finite' if v is None else f'breaks at {v:.4g}'}"
                         for k, v in self.first_bad.items())
+        wrong = self.first_wrong
+        bad += f"; naive grad wrong {'nowhere' if wrong is None else f'from {wrong:.4g}'}"
         return (f"LogitSweep({self.dtype}, {self.n_classes} classes, target {self.target}, "
                 f"{len(self.scales)} scales {self.scales[0]:.3g}..{self.scales[-1]:.3g}: {bad})")
 
@@ -472,7 +526,8 @@ def sweep_logits(scales, dtype="fp32", n_classes: int = 2, target="low", device=
         "stable grad": _first_nonfinite(stored, arrays["grad_stable"]),
     }
     return LogitSweep(dtype=short_name(dtype), n_classes=n, target=t, scales=stored,
-                      logits=_np(logits), first_bad=first_bad, **arrays)
+                      logits=_np(logits), first_bad=first_bad,
+                      grad_error=_np(_grad_error(logits, g_naive, t)), **arrays)
 
 
 @dataclass(frozen=True, repr=False)

@@ -66,6 +66,7 @@ GOOD = {
     sm.breakpoints: dict(dtype="fp16", n_classes=2, target="low"),
     sm.overflow_threshold: dict(dtype="fp16", n_classes=2),
     sm.softplus_breakpoint: dict(dtype="fp16"),
+    sm.wrong_limit: dict(dtype="fp16"),
     sm.sweep_logits: dict(scales=[1.0, 2.0], dtype="fp16", n_classes=2, target="low", device="cpu"),
     sm.sweep_bce: dict(zs=[1.0, -2.0], dtype="fp32", target=1.0, device="cpu"),
     clipping.orthogonal_stack: dict(depth=2, width=3, gain=1.0, seed=0, dtype="fp64", device="cpu"),

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from numlab import formats
 from numlab import softmax as sm
 from numlab.formats import info, neighbors
 
@@ -364,3 +365,21 @@ def test_threshold_and_sweep_bad_input():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="not available here"):
             sm.sweep_bce([1.0], "fp32", device="cuda")
+
+
+def test_the_naive_gradient_goes_wrong_before_it_goes_nan():
+    # fp16, s = 5, four classes: every value finite, the gradient already 4.5 % off
+    sw = sm.sweep_logits([5.0], "fp16", n_classes=4, target="low")
+    assert all(v is None for v in sw.first_bad.values())
+    assert sw.grad_error[0] > sm.wrong_limit("fp16") == sm.WRONG and sw.first_wrong == 5.0
+    for name in ("fp16", "bf16", "fp32", "fp64"):
+        bp = sm.breakpoints(name, 2, "low")
+        assert bp.grad_wrong < bp.grad  # wrong first, non-finite later
+        at = sm.sweep_logits([bp.grad_wrong], name, 2, "low")
+        assert at.grad_error[0] > sm.wrong_limit(name)
+        if name in ("fp16", "bf16"):  # every value below was tried: none was wrong
+            below = formats.neighbors(bp.grad_wrong, name)[0]
+            grid = torch.arange(1, int(torch.tensor(below, dtype=formats.resolve_dtype(name))
+                                        .view(torch.int16)) + 1).to(torch.int16)
+            values = grid.view(formats.resolve_dtype(name)).double().tolist()
+            assert (sm.sweep_logits(values, name, 2, "low").grad_error <= sm.wrong_limit(name)).all()

@@ -114,6 +114,15 @@ def _softplus_axes(ax, floor):
     ax.set_xlabel("z")
 
 
+def _off(err: float, limit: float) -> str:
+    """The naive gradient's largest error, red with "(wrong)" once it passes sm.wrong_limit."""
+    if not math.isfinite(err):
+        return f"<b style='color:{BAD}'>inf/NaN</b>"
+    if err > limit:
+        return f"<b style='color:{BAD}'>{err:.3g} (wrong, though finite)</b>"
+    return f"{err:.2g}"
+
+
 # --- explore_softmax ---------------------------------------------------------------------
 @dataclass(frozen=True, repr=False)
 class SoftmaxView:
@@ -225,6 +234,7 @@ class SoftmaxExplorer(Explorer):
         self._draw_strip(r)
         return (f"naive loss {_red_if_bad(loss_n)} &nbsp; fused loss {_red_if_bad(loss_s)} &nbsp; "
                 f"naive grad [{', '.join(_red_if_bad(v) for v in gn[:6])}{', …' if n > 6 else ''}]"
+                f" &nbsp; naive grad off by {_off(sw.grad_error[0], sm.wrong_limit(sw.dtype))}"
                 f" &nbsp; first non-finite: {first or 'none'} &nbsp; "
                 f"sum after the shift {sw.shifted_sum[0]:.4g} (in [1, {n}])")
 
