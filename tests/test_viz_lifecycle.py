@@ -42,3 +42,30 @@ def test_rerunning_a_widget_cell_does_not_accumulate_figures():
     w.controls["scale"].value = 10.0
     assert w.error is None
     w.close()
+
+
+def test_sliders_start_on_their_own_grid():
+    import math
+
+    from numlab.viz._explorer import grid_slider
+
+    for value, lo, hi, step, log in [(5.0, -2, 4, 0.01, True), (20.0, -2, 4, 0.01, True),
+                                     (0.37, 0.0, 1.0, 0.05, False), (1.0, -2, 1, 0.05, True)]:
+        s = grid_slider(value, lo, hi, step, log=log)
+        pos = math.log10(value) if log else value
+        k = (pos - s.min) / step
+        assert abs(k - round(k)) < 1e-9 and s.value == value
+        assert lo - 1e-9 <= s.min <= pos <= s.max <= hi + 1e-9
+
+
+def test_training_explorer_greys_out_the_threshold_without_clipping():
+    from numlab.viz.clipping import explore_training
+
+    w = explore_training(clip="none", steps=20)
+    assert w.controls["threshold"].disabled
+    before = w.result
+    w.controls["threshold"].value = 0.5
+    assert w.result is before  # nothing retrained
+    w.controls["clip"].value = "norm"
+    assert not w.controls["threshold"].disabled and "clip by norm at 0.5" in w.status.value
+    w.close()

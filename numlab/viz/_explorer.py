@@ -10,6 +10,7 @@ them) and kept in ``.error``; the latest good result is ``.result``.
 from __future__ import annotations
 
 import io
+import math
 import struct
 import time
 import traceback
@@ -53,6 +54,23 @@ def new_figure(figsize=(9, 4), **kwargs) -> NotebookFigure:
         fig = NotebookFigure(figsize=figsize, layout="constrained", **kwargs)
     FigureCanvasAgg(fig)
     return fig
+
+
+def grid_slider(value: float, min: float, max: float, step: float, *, log: bool = False, **kwargs):
+    """A FloatSlider (or a FloatLogSlider on a log10 grid, ``log=True``; then ``min``, ``max``
+    and ``step`` are exponents) whose grid runs through ``value``.
+
+    A slider only stops on ``min + k * step``: started between two stops, it shows (and
+    moves to) the nearest one, 5.012 for 5.0, while the widget computed at 5.0. Shifting the
+    grid to pass through the start value makes what the reader sees the value computed with.
+    """
+    pos = math.log10(value) if log else value
+    lo = pos - round((pos - min) / step) * step
+    lo = lo if lo >= min - 1e-12 else lo + step
+    hi = lo + math.floor((max - lo) / step + 1e-9) * step
+    if log:
+        return widgets.FloatLogSlider(value=value, base=10, min=lo, max=hi, step=step, **kwargs)
+    return widgets.FloatSlider(value=value, min=lo, max=hi, step=step, **kwargs)
 
 
 class Explorer(widgets.VBox):

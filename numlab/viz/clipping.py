@@ -16,7 +16,7 @@ from matplotlib.patches import Circle, Rectangle
 from matplotlib.ticker import NullLocator
 
 from numlab import clipping
-from numlab.viz._explorer import Explorer
+from numlab.viz._explorer import Explorer, grid_slider
 
 COLORS = {"original": "#333333", "norm": "#1f77b4", "value": "#d62728", "predicted": "#ff7f0e"}
 
@@ -119,7 +119,7 @@ def explore_depth(depth: int = 50, gain: float = 1.1, nonlinearity: str = "linea
     style = {"description_width": "initial"}
     return DepthExplorer({
         "depth": widgets.IntSlider(value=depth, min=1, max=200, description="depth", style=style),
-        "gain": widgets.FloatSlider(value=gain, min=0.5, max=1.5, step=0.01, readout_format=".2f",
+        "gain": grid_slider(gain, min=0.5, max=1.5, step=0.01, readout_format=".2f",
                                     description="gain (spectral norm)", style=style),
         "nonlinearity": widgets.Dropdown(options=list(clipping.NONLINEARITIES),
                                          value=nonlinearity, description="f"),
@@ -201,9 +201,9 @@ def explore_clipping(gx: float = 2.5, gy: float = 0.8, threshold: float = 1.0):
     """A 2-D gradient (two sliders) and one threshold for both clips (circle and box)."""
     slider = dict(min=-3.0, max=3.0, step=0.05, readout_format=".2f")
     return ClipExplorer({
-        "gx": widgets.FloatSlider(value=gx, description="g_1", **slider),
-        "gy": widgets.FloatSlider(value=gy, description="g_2", **slider),
-        "threshold": widgets.FloatSlider(value=threshold, min=0.1, max=3.0, step=0.05,
+        "gx": grid_slider(gx, description="g_1", **slider),
+        "gy": grid_slider(gy, description="g_2", **slider),
+        "threshold": grid_slider(threshold, min=0.1, max=3.0, step=0.05,
                                          description="threshold", readout_format=".2f"),
     })
 
@@ -286,9 +286,20 @@ class TrainingExplorer(Explorer):
     def _tick(self, step, _steps):
         self.progress.value = step
 
+    def update(self) -> None:
+        # Without clipping the threshold changes nothing: grey it out rather than retrain.
+        self.controls["threshold"].disabled = self.controls["clip"].value == "none"
+        super().update()
+
+    def _on_change(self, change) -> None:
+        if change["owner"] is self.controls["threshold"] and self.controls["clip"].value == "none":
+            return
+        super()._on_change(change)
+
     def compute(self, clip, threshold, lr):
         mode = None if clip == "none" else clip
-        return clipping.train_rnn(mode, threshold, lr=lr, steps=self.steps, progress=self._tick)
+        return clipping.train_rnn(mode, threshold if mode else 1.0, lr=lr, steps=self.steps,
+                                  progress=self._tick)
 
     def draw(self, r):
         steps = np.arange(len(r.losses))
@@ -308,10 +319,11 @@ class TrainingExplorer(Explorer):
                 ok = np.append(ok, r.max_norm)
             if ok.size:
                 ax.set_ylim(ok.min() / 2, ok.max() * 2)
-        how = "no clipping" if r.clip is None else f"clip by {r.clip} at {r.max_norm:g}"
+        # .3g: the sliders' own readout, so the status repeats what the reader set
+        how = "no clipping" if r.clip is None else f"clip by {r.clip} at {r.max_norm:.3g}"
         end = (f"<b style='color:#c00'>non-finite at step {r.nonfinite_step}</b>" if r.diverged
                else f"final loss <b>{r.final_loss:.4f}</b>")
-        return (f"{how}, lr {r.lr:g}: max |grad| {r.max_grad_norm:.3g}, "
+        return (f"{how}, lr {r.lr:.3g}: max |grad| {r.max_grad_norm:.3g}, "
                 f"{len(r.clipped_steps)} steps clipped, {len(r.spike_steps)} spikes, {end}")
 
 
@@ -328,10 +340,10 @@ def explore_training(clip: str = "none", threshold: float = 1.0, lr: float = 0.3
     return TrainingExplorer({
         "clip": widgets.ToggleButtons(options=["none", "norm", "value"], value=clip,
                                       description="clip"),
-        "threshold": widgets.FloatLogSlider(value=threshold, base=10, min=-2, max=1, step=0.05,
+        "threshold": grid_slider(threshold, log=True, min=-2, max=1, step=0.05,
                                             description="threshold", continuous_update=False,
                                             readout_format=".3g", style=style),
-        "lr": widgets.FloatLogSlider(value=lr, base=10, min=-2, max=0, step=0.05,
+        "lr": grid_slider(lr, log=True, min=-2, max=0, step=0.05,
                                      description="learning rate", continuous_update=False,
                                      readout_format=".3g", style=style),
     }, steps=steps)

@@ -7,7 +7,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from numlab import debugging as dbg
-from numlab.viz._explorer import Explorer
+from numlab.viz._explorer import Explorer, grid_slider
 
 TRAIN, VAL, FRESH, BAD = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
 QUIET = ("#7f7f7f", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#e377c2")
@@ -203,6 +203,6 @@ def explore_norms(bad_layer: int = 2, log_scale: float = -3.0):
         "bad_layer": widgets.Dropdown(options=[("layer 0", 0), ("layer 2", 1), ("layer 4", 2),
                                                ("layer 6", 3)], value=bad_layer,
                                       description="bad layer"),
-        "log_scale": widgets.FloatSlider(value=log_scale, min=-6, max=0, step=0.5,
+        "log_scale": grid_slider(log_scale, min=-6, max=0, step=0.5,
                                          description="log10 scale", continuous_update=False),
     })

@@ -17,7 +17,7 @@ from matplotlib.ticker import NullLocator
 
 from numlab import distributed as nd
 from numlab.formats import short_name
-from numlab.viz._explorer import Explorer
+from numlab.viz._explorer import Explorer, grid_slider
 
 COLORS = {"sync": "#1f77b4", "stale": "#d62728", "local": "#d62728", "fp32": "#1f77b4",
           "fp64": "#2ca02c"}
@@ -168,7 +168,7 @@ def explore_staleness(lr: float = 0.8, staleness: int = 2, steps: int = 200):
     """Sliders for lr and staleness: loss curves sync vs stale, and the divergence map."""
     sweep = nd.stale_sweep(np.geomspace(0.02, 2.5, 80), range(9), steps=steps)
     return StalenessExplorer({
-        "lr": widgets.FloatLogSlider(value=lr, base=10, min=math.log10(0.02),
+        "lr": grid_slider(lr, log=True, min=math.log10(0.02),
                                      max=math.log10(2.5), step=0.01, description="lr",
                                      readout_format=".3f"),
         "staleness": widgets.IntSlider(value=staleness, min=0, max=8, description="staleness"),

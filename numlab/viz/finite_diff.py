@@ -10,7 +10,7 @@ from matplotlib.ticker import LogLocator, NullLocator
 
 from numlab import finite_diff, layers
 from numlab.formats import resolve_dtype, short_name
-from numlab.viz._explorer import Explorer
+from numlab.viz._explorer import Explorer, grid_slider
 
 DTYPES = ["fp16", "bf16", "fp32", "fp64"]
 FWD, CEN = "#1f77b4", "#d62728"
@@ -167,9 +167,9 @@ def explore_step_size(func="exp", x=1.0, dtype="fp32", h=1e-4):
         raise ValueError(f"h must be a number in [1e-16, 1], got {h!r}")
     explorer = StepExplorer({
         "func": widgets.Dropdown(options=list(finite_diff.FUNCTIONS), value=func, description="f"),
-        "x": widgets.FloatSlider(value=x, min=-2.0, max=2.0, step=0.05, description="x"),
+        "x": grid_slider(x, min=-2.0, max=2.0, step=0.05, description="x"),
         "dtype": widgets.Dropdown(options=DTYPES, value=short_name(dtype), description="format"),
-        "h": widgets.FloatLogSlider(value=h, base=10, min=-16, max=0, step=0.1, description="h",
+        "h": grid_slider(h, log=True, min=-16, max=0, step=0.1, description="h",
                                     readout_format=".1e"),
     })
     return _freeze_layout(explorer)
@@ -287,7 +287,7 @@ def explore_gradcheck(layer="layer_norm", wrong=True, dtype="fp64", eps=1e-6):
         "layer": widgets.Dropdown(options=LAYER_CHOICES, value=(layer, bool(wrong)),
                                   description="layer"),
         "dtype": widgets.Dropdown(options=DTYPES, value=short_name(dtype), description="format"),
-        "eps": widgets.FloatLogSlider(value=eps, base=10, min=-10, max=-1, step=0.25,
+        "eps": grid_slider(eps, log=True, min=-10, max=-1, step=0.25,
                                       description="eps", readout_format=".0e"),
     })
     return _freeze_layout(explorer)

@@ -9,7 +9,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from numlab import formats
-from numlab.viz._explorer import Explorer
+from numlab.viz._explorer import Explorer, grid_slider
 
 COLORS = {"sign": "#d62728", "exponent": "#1f77b4", "mantissa": "#2ca02c"}
 CHOICES = ["fp16", "bf16", "fp32", "fp64", "fp8_e4m3fn", "fp8_e5m2"]
@@ -137,7 +137,7 @@ def explore_format(dtype="fp16", x=0.1):
     """Choose a format, type or slide a value: see its bits, stored value and neighbours."""
     dtype = formats.short_name(dtype)
     text = widgets.FloatText(value=x, description="x", layout=widgets.Layout(width="240px"))
-    slider = widgets.FloatLogSlider(value=abs(x) or 1.0, base=10, min=-45, max=40, step=0.01,
+    slider = grid_slider(abs(x) or 1.0, log=True, min=-45, max=40, step=0.01,
                                     description="|x| slider", readout_format=".3g",
                                     layout=widgets.Layout(width="460px"))
     # The slider feeds the text box; typing allows negatives, zero, inf and exact values.

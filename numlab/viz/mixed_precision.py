@@ -7,7 +7,7 @@ import numpy as np
 from numlab import device as _device
 from numlab import formats
 from numlab import mixed_precision as mp
-from numlab.viz._explorer import Explorer
+from numlab.viz._explorer import Explorer, grid_slider
 
 BANDS = {  # shading of the representable ranges
     "fp16_subnormal": "#fdae6b",
@@ -220,7 +220,7 @@ def explore_mixed_precision(precision="fp16", scaler=False, device="auto", loss_
         "scaler": widgets.Checkbox(value=scaler, description="GradScaler", indent=False),
         "device": widgets.Dropdown(options=devices, value=device, description="device",
                                    layout=widgets.Layout(width="12em")),
-        "loss_scale": widgets.FloatLogSlider(value=loss_scale, base=10, min=-8, max=0, step=0.5,
+        "loss_scale": grid_slider(loss_scale, log=True, min=-8, max=0, step=0.5,
                                              description="loss ×", continuous_update=False,
                                              readout_format=".0e"),
         "overflow": widgets.Checkbox(

@@ -11,7 +11,7 @@ from matplotlib.collections import LineCollection
 
 from numlab import softmax as sm
 from numlab.formats import short_name
-from numlab.viz._explorer import Explorer
+from numlab.viz._explorer import Explorer, grid_slider
 
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
 NAIVE, STABLE, BAD = "#ff7f0e", "#1f77b4", "#d62728"
@@ -257,7 +257,7 @@ def explore_softmax(scale=5.0, dtype="fp16", n_classes=4, target="low"):
     """Drag the logit scale up (log slider to 1e4): watch the naive softmax break, per format."""
     dtype = short_name(dtype)
     return SoftmaxExplorer({
-        "scale": widgets.FloatLogSlider(value=scale, base=10, min=-2, max=4, step=0.01,
+        "scale": grid_slider(scale, log=True, min=-2, max=4, step=0.01,
                                         description="logit scale", readout_format=".4g",
                                         layout=widgets.Layout(width="420px")),
         "dtype": widgets.Dropdown(options=list(DTYPES), value=dtype, description="dtype",
@@ -408,12 +408,12 @@ def explore_bce(magnitude=20.0, sign="+", target=1.0, dtype="fp32"):
     """The binary case: drag |z| up, flip its sign, change the label t and the format."""
     dtype = short_name(dtype)
     return BceExplorer({
-        "magnitude": widgets.FloatLogSlider(value=magnitude, base=10, min=-2, max=4, step=0.01,
+        "magnitude": grid_slider(magnitude, log=True, min=-2, max=4, step=0.01,
                                             description="|z|", readout_format=".4g",
                                             layout=widgets.Layout(width="400px")),
         "sign": widgets.ToggleButtons(options=["+", "-"], value=sign, description="sign",
                                       style={"button_width": "40px"}),
-        "target": widgets.FloatSlider(value=target, min=0.0, max=1.0, step=0.05,
+        "target": grid_slider(target, min=0.0, max=1.0, step=0.05,
                                       description="label t", layout=widgets.Layout(width="300px")),
         "dtype": widgets.Dropdown(options=list(DTYPES), value=dtype, description="dtype",
                                   layout=widgets.Layout(width="170px")),
