@@ -130,7 +130,8 @@ def test_toggling_precision_and_loss_magnitude(explorer):
     assert explorer.result.loss_scale == pytest.approx(1e-2)
     assert len(explorer.references) == cached + 1  # a new fp32 reference for the new loss
     np.testing.assert_allclose(explorer.artists["reference"].get_ydata(),
-                               explorer.references[("auto", explorer.result.loss_scale)].loss)
+                               explorer.references[(explorer.controls["device"].value,
+                                                    explorer.result.loss_scale)].loss)
 
 
 def test_a_failing_toggle_is_shown_not_swallowed(explorer):
@@ -143,8 +144,30 @@ def test_a_failing_toggle_is_shown_not_swallowed(explorer):
     assert isinstance(explorer.error, ValueError)
     assert "not available" in explorer.status.value
     assert explorer.result is good
-    dropdown.value = "auto"
+    dropdown.value = "cpu"
     assert explorer.error is None
+
+
+def test_the_device_dropdown_offers_only_real_choices():
+    from numlab import device
+
+    fresh = explore_mixed_precision(precision="fp32")
+    dropdown = fresh.controls["device"]
+    if len(device.available()) == 1:
+        assert list(dropdown.options) == device.available() and dropdown.disabled
+    else:
+        assert "auto" in dropdown.options and not dropdown.disabled
+    fresh.close()
+
+
+def test_fp32_alone_draws_one_line_with_one_label(explorer):
+    explorer.controls["scaler"].value = False
+    explorer.controls["precision"].value = "fp32"
+    labels = [t.get_text() for t in explorer.axes[0].get_legend().get_texts()]
+    assert labels.count("fp32") == 1 and "fp32 reference" not in labels
+    explorer.controls["precision"].value = "fp16"
+    labels = [t.get_text() for t in explorer.axes[0].get_legend().get_texts()]
+    assert "fp32 reference" in labels and "fp16" in labels
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,7 @@ def plot_run(axes, run: mp.TrainingRun, reference: mp.TrainingRun | None = None)
     artists = {}
     if reference is not None:
         (artists["reference"],) = ax_loss.plot(np.arange(reference.steps), _clean(reference.loss),
-                                               "--", color=COLORS["reference"], label="fp32")
+                                               "--", color=COLORS["reference"], label="fp32 reference")
     (artists["loss"],) = ax_loss.plot(steps, _clean(run.loss), color=COLORS["fp32"],
                                       label=run.precision)
     (artists["zero"],) = ax_zero.plot(steps, 100 * run.zero_fraction, color=COLORS["fp32"])
@@ -167,6 +167,9 @@ class MixedPrecisionExplorer(Explorer):
         a["reference"].set_data(np.arange(ref.steps), _clean(ref.loss))
         a["loss"].set_data(steps, _clean(run.loss))
         a["loss"].set_label(f"{run.precision}" + (" + scaler" if run.scaler else ""))
+        # fp32 without a scaler *is* the reference run: one line, one legend entry
+        a["reference"].set_visible(run.precision != "fp32" or run.scaler)
+        a["reference"].set_label("fp32 reference" if a["reference"].get_visible() else "_hidden")
         a["zero"].set_data(steps, 100 * run.zero_fraction)
         a["scale"].set_data(steps, run.scale)
         a["skipped"].set_data(run.skipped, run.scale[run.skipped])
@@ -208,9 +211,13 @@ def explore_mixed_precision(precision="fp16", scaler=False, device="auto", loss_
         raise TypeError(f"scaler must be True or False, got {scaler!r}")
     if not isinstance(overflow, bool):
         raise TypeError(f"overflow must be True or False, got {overflow!r}")
-    devices = ["auto", *_device.available()]
-    if device not in devices:
-        raise ValueError(f"device must be one of {devices} on this machine, got {device!r}")
+    available = _device.available()
+    if device not in ("auto", *available):
+        raise ValueError(f"device must be one of {['auto', *available]} on this machine, got {device!r}")
+    # Only real choices: "auto" and the device list mean something only with two or more
+    # devices; with one, the dropdown shows it and cannot be changed.
+    devices = ["auto", *available] if len(available) > 1 else available
+    device = _device.pick(device).type if device not in devices else device
     if not (isinstance(loss_scale, int | float) and 1e-8 <= loss_scale <= 1):
         raise ValueError(f"loss_scale must be a number in [1e-8, 1], got {loss_scale!r}")
     controls = {
@@ -219,7 +226,7 @@ def explore_mixed_precision(precision="fp16", scaler=False, device="auto", loss_
                                            style={"button_width": "4.5em"}),
         "scaler": widgets.Checkbox(value=scaler, description="GradScaler", indent=False),
         "device": widgets.Dropdown(options=devices, value=device, description="device",
-                                   layout=widgets.Layout(width="12em")),
+                                   disabled=len(devices) == 1, layout=widgets.Layout(width="12em")),
         "loss_scale": grid_slider(loss_scale, log=True, min=-8, max=0, step=0.5,
                                              description="loss ×", continuous_update=False,
                                              readout_format=".0e"),
