@@ -383,3 +383,34 @@ def step_times(
                     times.append(1e3 * (time.perf_counter() - start))
             ms[name] = float(np.median(times))
     return StepTimes(device=dev.type, width=width, batch=batch, ms=ms)
+
+
+def speed_reading(ratios: dict[str, float], device="cpu") -> str:
+    """What measured speed-ups over fp32 (``{"bf16": x, "fp16": y}``) mean on this device,
+    in plain words: the text follows the numbers, so it is right on the reader's machine."""
+    dev = _device.pick(device)
+    parts = []
+    for name in ("bf16", "fp16"):
+        if name not in ratios:
+            continue
+        r = positive_number(f"ratios[{name!r}]", ratios[name])
+        if r > 1.1:
+            parts.append(f"{name} is faster than fp32 here (x{r:.2f})")
+        elif r >= 0.9:
+            parts.append(f"{name} is about as fast as fp32 here (x{r:.2f})")
+        else:
+            parts.append(f"{name} is slower than fp32 here (x{r:.2f}, {1 / r:.0f} times the time)")
+    text = "; ".join(parts) + "."
+    if dev.type == "cuda":
+        return text + f" Measured on {torch.cuda.get_device_name(dev)}."
+    capability = torch.backends.cpu.get_cpu_capability()
+    if ratios.get("bf16", 1.0) < 0.9:
+        text += (f" This CPU ({capability}) has no fast bf16 matrix kernels, as on most laptops "
+                 "(AVX2 without AVX-512 bf16 or AMX): bf16 autocast is then slow, so use it here "
+                 "to see the numerics, not for speed.")
+    elif ratios.get("bf16", 1.0) > 1.1:
+        text += f" This CPU ({capability}) has fast bf16 matrix kernels (AVX-512 bf16 or AMX)."
+    if ratios.get("fp16", 1.0) < 0.9:
+        text += " CPUs have no fast fp16 kernels: fp16 pays off on GPUs with tensor cores."
+    return text
+

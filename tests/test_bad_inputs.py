@@ -85,6 +85,7 @@ GOOD = {
     mp.train: dict(precision="fp32", scaler=False, device="cpu", steps=2, seed=0, loss_scale=1.0,
                    init_scale=1024.0),
     mp.gradient_magnitudes: dict(loss_scale=1e-5, scale=1024.0, seed=0, device="cpu", threads=1),
+    mp.speed_reading: dict(ratios={"bf16": 2.0, "fp16": 0.1}, device="cpu"),
     mp.step_times: dict(precisions=("fp32",), device="cpu", width=8, batch=8, steps=1, warmup=1, seed=0,
                         threads=1),
     distributed.resolve_backend: dict(backend="gloo", world_size=2),

@@ -276,3 +276,11 @@ def test_cuda_scaler_skips_injected_overflows():
 def test_cuda_step_times():
     times = mp.step_times(device="cuda", width=64, batch=64, steps=2, warmup=1)
     assert times.device == "cuda" and set(times.ms) == {"fp32", "fp16", "bf16"}
+
+
+def test_speed_reading_follows_the_numbers():
+    fast = mp.speed_reading({"bf16": 2.3, "fp16": 0.08}, "cpu")
+    assert "bf16 is faster than fp32 here (x2.30)" in fast and "fast bf16 matrix kernels" in fast
+    slow = mp.speed_reading({"bf16": 0.08}, "cpu")  # an AVX2 laptop
+    assert "bf16 is slower than fp32 here (x0.08" in slow and "most laptops" in slow
+    assert "about as fast" in mp.speed_reading({"fp16": 1.0}, "cpu")
