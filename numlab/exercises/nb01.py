@@ -8,19 +8,19 @@ from numlab.finite_diff import gradcheck, sweep_h
 from numlab.layers import problem
 
 
-def _largest_passing_scale() -> float:
+def _largest_passing_scale(atol: float = 1e-12, rtol: float = 1e-9) -> float:
     """The largest input scale 10**-k (k = 0..6) at which the check passes tanh_small_x."""
     for k in range(7):
-        if gradcheck(*problem("tanh", 16, wrong=True, scale=10.0**-k)).passed:
+        if gradcheck(*problem("tanh", 16, wrong=True, scale=10.0**-k), atol=atol, rtol=rtol).passed:
             return 10.0**-k
     return 0.0
 
 
-def _torch_fp32_verdict() -> bool:
+def _torch_fp32_verdict(eps: float = 4.9e-3) -> bool:
     fn, inputs = problem("tanh", 16, dtype="fp32")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about float32 inputs; that is the point
-        return torch.autograd.gradcheck(fn, inputs, raise_exception=False)
+        return torch.autograd.gradcheck(fn, inputs, eps=eps, raise_exception=False)
 
 
 EXERCISES = {
@@ -45,24 +45,29 @@ EXERCISES = {
         hint="Taylor: (f(x+h) - f(x))/h = f'(x) + h f''(x)/2 + ...",
     ),
     "01.4": Exercise(
-        prompt="How many of the 16 x 16 Jacobian entries of layer_norm_forgot_mean "
-               "(problem('layer_norm', 16, wrong=True)) fail |a - n| <= 1e-5 + 1e-3 |n|?",
-        expected=lambda: gradcheck(*problem("layer_norm", 16, wrong=True)).n_failed,
+        prompt="Predict, then check: how many of the 10 x 10 Jacobian entries of "
+               "layer_norm_forgot_mean (problem('layer_norm', 10, wrong=True)) fail "
+               "|a - n| <= 1e-5 + 1e-3 |n|?",
+        expected=lambda: gradcheck(*problem("layer_norm", 10, wrong=True)).n_failed,
         rtol=0,
         hint="The missing term mean(g)/sigma touches every entry, not only the diagonal.",
     ),
     "01.5": Exercise(
         prompt="Scaling the inputs by 10**-k (k = 0, 1, 2, ...), what is the largest scale at "
                "which the float64 check passes tanh_small_x (problem('tanh', 16, wrong=True, "
-               "scale=...))?",
+               "scale=...)) with far tighter tolerances, atol=1e-12 and rtol=1e-9? (The correct tanh "
+               "layer still passes at every scale.)",
         expected=_largest_passing_scale,
         rtol=1e-9,
-        hint="tanh(x)**2 and x**2 differ by about 2 x**4 / 3; compare that with atol = 1e-5.",
+        hint="tanh(x)**2 and x**2 differ by about 2 x**4 / 3, while the derivative itself is "
+             "about 1; compare that with the new tolerances.",
     ),
     "01.6": Exercise(
-        prompt="Does torch.autograd.gradcheck, with its default eps, pass the correct tanh layer "
-               "(problem('tanh', 16, dtype='fp32')) in float32? (True or False)",
+        prompt="Predict, then check: does torch.autograd.gradcheck pass the correct tanh layer "
+               "(problem('tanh', 16, dtype='fp32')) in float32 when you give it eps=4.9e-3, "
+               "cbrt of fp32's eps, instead of its default? (True or False)",
         expected=_torch_fp32_verdict,
-        hint="Rounding error of the difference is about eps_mach / eps = 1.2e-7 / 1e-6.",
+        hint="Add the two errors at this step: rounding about eps_mach / eps, truncation about "
+             "eps**2 / 6 times the third derivative; compare the sum with rtol = 1e-3.",
     ),
 }

@@ -45,13 +45,15 @@ EXERCISES = {
                "norm is 1e12 or more.",
         expected=_first_step_above,
         rtol=0,
-        hint="torch.nonzero(run.grad_norms >= 1e12) lists the steps (counted from 0).",
+        hint="The run records one gradient norm per step, counted from 0; the first one past "
+             "1e12 is the answer.",
     ),
     "02.5": Exercise(
         prompt="Among the thresholds 0.1, 0.25, 1.0 and 5.0 (clip by norm, 150 steps), the one "
                "with the lowest final loss on the toy RNN.",
         expected=lambda: threshold_sweep((0.1, 0.25, 1.0, 5.0), steps=150).best,
         rtol=1e-9,
-        hint="threshold_sweep(..., steps=150).best, or read its .table().",
+        hint="Train once per threshold for 150 steps and compare the final losses; a smaller "
+             "threshold means shorter steps.",
     ),
 }

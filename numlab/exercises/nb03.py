@@ -3,7 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from numlab.check import Exercise
-from numlab.softmax import breakpoints, overflow_threshold
+from numlab.softmax import breakpoints
+
+
+def _tied_top_overflow_fp16() -> float:
+    """Every positive fp16 value s tried: the first at which exp of (s, s, -s) sums to inf."""
+    s = torch.arange(1, 0x7C00, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    z = torch.stack([s, s, -s], dim=-1)
+    return float(s[torch.isinf(torch.exp(z).sum(-1))].min())
 
 
 def _probabilities_fed_as_logits() -> float:
@@ -13,27 +20,28 @@ def _probabilities_fed_as_logits() -> float:
 
 EXERCISES = {
     "03.1": Exercise(
-        prompt="Two classes with logits (s, -s), everything in fp16: the smallest s at which the "
-               "naive softmax breaks (its sum exp(s) + exp(-s) overflows).",
-        expected=lambda: overflow_threshold("fp16", 2),
+        prompt="Two classes tied at the top: logits (s, s, -s), everything in fp16. The smallest "
+               "s at which the naive softmax breaks (its sum overflows).",
+        expected=_tied_top_overflow_fp16,
         rtol=1e-12,
-        hint="exp(s) passes fp16's max 65504 just above ln(65504); fp16 numbers near 11 are "
-             "1/128 apart.",
+        hint="The sum is now about 2 exp(s): it overflows when exp(s) passes max / 2. fp16 "
+             "numbers between 8 and 16 are 1/128 apart.",
     ),
     "03.2": Exercise(
         prompt="Logits z = [2, 0, -2], true class 0. Someone passes softmax(z) instead of z to "
                "F.cross_entropy (fp32). Which loss comes back?",
         expected=_probabilities_fed_as_logits,
-        rtol=1e-5,
+        rtol=1e-4,  # four significant digits, as the page prints them
         hint="F.cross_entropy applies its own log-softmax to whatever it gets: compute "
              "logsumexp(p) - p[0] for p = softmax(z).",
     ),
     "03.3": Exercise(
-        prompt="Two classes with logits (s, -s) in fp32, the true class is the low one: the "
-               "smallest s at which the naive gradient (autograd through log(softmax)) has a NaN.",
-        expected=lambda: breakpoints("fp32", 2, "low").grad,
+        prompt="Ten classes with logits s * linspace(1, -1, 10) in fp16, the true class is the "
+               "lowest one: the smallest s at which the naive gradient (autograd through "
+               "log(softmax)) has a NaN.",
+        expected=lambda: breakpoints("fp16", 10, "low").grad,
         rtol=1e-6,
-        hint="The gradient of -log p is -1/p; p is about exp(-2s), and 1/p overflows fp32 "
-             "before p itself underflows.",
+        hint="The gradient of -log p is -1/p; p is about exp(-2s), and 1/p overflows before p "
+             "itself underflows. More classes make p a little smaller at the same s.",
     ),
 }

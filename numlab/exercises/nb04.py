@@ -14,11 +14,13 @@ def _smallest_safe_exponent(threshold: float = 0.01, loss_scale: float = 1e-5) -
 
 EXERCISES = {
     "04.1": Exercise(
-        prompt="On the demo task with loss_scale=1e-5, which fraction (0..1) of the gradient "
-        "entries does fp16 autocast, without any loss scaling, return as exactly 0 at step 0?",
-        expected=lambda: gradient_magnitudes(loss_scale=1e-5).zero_fp16,
+        prompt="The page used loss_scale=1e-5. With a loss ten times larger (loss_scale=1e-4), "
+        "which fraction (0..1) of the demo's gradient entries does fp16 autocast, without any "
+        "loss scaling, return as exactly 0 at step 0?",
+        expected=lambda: gradient_magnitudes(loss_scale=1e-4).zero_fp16,
         rtol=1e-2,
-        hint="numlab.mixed_precision.train('fp16', steps=1, loss_scale=1e-5).zero_fraction[0]",
+        hint="Every gradient gets ten times larger: compare the magnitudes with fp16's smallest "
+        "subnormal (2**-24) again. Then remember that the backward pass itself runs in fp16.",
     ),
     "04.2": Exercise(
         prompt="A GradScaler starts at 2**10 with growth_interval=4 (growth x2, backoff x0.5). "
