@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:   make lab    make test
-# Everything else: make notebooks, make bench, make lint, make present NB=03, make doctor
+# Everything else: make notebooks, make bench, make lint, make present NB=03, make doctor, make update
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +10,7 @@ PORT   ?= 8888
 # JupyterLab refuses to run as root without --allow-root (containers, CI, some JupyterHubs).
 ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 
-.PHONY: lab test unit notebooks bench lint present doctor clean
+.PHONY: lab test unit notebooks bench lint present doctor update clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ present: $(STAMP)
 
 doctor: $(STAMP)
 	$(BIN)/python -m numlab doctor
+
+update:
+	$(PYTHON) tools/update.py
 
 clean:
 	rm -rf $(VENV)
