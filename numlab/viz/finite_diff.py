@@ -49,7 +49,7 @@ class _SweepArtists:
         self.thumb_central = ax.axvline(1e-5, color=CEN, ls=":", lw=1.5)
         self.current = ax.axvline(1e-4, color="0.4", lw=1, visible=False)
         (self.points,) = ax.plot([], [], "o", color="k", markersize=7, visible=False)
-        ax.legend(loc="upper center", fontsize=9, ncols=2, framealpha=0.9)
+        self.legend = ax.legend(loc="upper center", fontsize=9, ncols=2, framealpha=0.95)
 
     def update(self, r: finite_diff.SweepResult, point: finite_diff.SweepResult | None = None,
                sticky: bool = False):
@@ -120,8 +120,9 @@ class StepExplorer(Explorer):
         # Blitting: axes, ticks and legend stay in a cached background while the limits do
         # not change; the curves, markers, lines and the title are redrawn on top.
         a = self.artists
+        # the legend last: it is drawn over the curves and the h marker, never under them
         self.animate(a.forward, a.central, a.forward_model, a.central_model, a.best,
-                     a.thumb_forward, a.thumb_central, a.current, a.points, self.ax.title)
+                     a.thumb_forward, a.thumb_central, a.current, a.points, self.ax.title, a.legend)
 
     def background_key(self):
         return (self.ax.get_xlim(), self.ax.get_ylim())
