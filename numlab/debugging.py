@@ -991,6 +991,27 @@ class CurveRun:
                 f"{self.val_loss[-1]:.3g}{stop}; verdict {self.diagnosis.verdict!r})")
 
 
+def pathology_tables(runs: dict[str, CurveRun]) -> str:
+    """Two narrow tables (each under 80 characters, so no notebook cell wraps them): the
+    verdict from all signals beside the one from the curves alone (:func:`diagnose_curves`
+    without ``overlap`` and ``shift``), then the numbers behind them, at the last finite
+    evaluation."""
+    if not isinstance(runs, dict) or not all(isinstance(r, CurveRun) for r in runs.values()):
+        raise TypeError("runs must be a dict of name -> CurveRun (from pathology_run)")
+    lines = [f"{'run':<23} {'verdict (all signals)':<23} verdict (curves only)"]
+    for name, r in runs.items():
+        curves_only = diagnose_curves(r.train_loss, r.val_loss, r.grad_norm).verdict
+        lines.append(f"{name:<23} {r.diagnosis.verdict:<23} {curves_only}")
+    lines += ["", f"{'run':<23} {'best val step':>13} {'train':>7} {'val':>7} {'fresh':>7} "
+                  f"{'overlap':>7} {'shift':>6}"]
+    for name, r in runs.items():
+        last = -2 if r.stopped_at is not None else -1  # the last finite evaluation
+        lines.append(f"{name:<23} {r.steps[np.nanargmin(r.val_loss)]:>13} {r.train_loss[last]:7.3g} "
+                     f"{r.val_loss[last]:7.3g} {r.fresh_loss[last]:7.3g} {r.overlap:7.0%} "
+                     f"{r.shift:6.2g}")
+    return "\n".join(lines)
+
+
 _OFFSET = torch.linspace(-20.0, 30.0, 8, dtype=torch.float64)  # raw units of the 8 features
 _SCALE = torch.logspace(-1, 1.5, 8, dtype=torch.float64)
 

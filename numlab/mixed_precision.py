@@ -389,6 +389,8 @@ def speed_reading(ratios: dict[str, float], device="cpu") -> str:
     """What measured speed-ups over fp32 (``{"bf16": x, "fp16": y}``) mean on this device,
     in plain words: the text follows the numbers, so it is right on the reader's machine."""
     dev = _device.pick(device)
+    if not isinstance(ratios, dict) or not set(ratios) <= {"bf16", "fp16"}:
+        raise TypeError(f"ratios must be a dict with keys 'bf16' and/or 'fp16', got {ratios!r}")
     parts = []
     for name in ("bf16", "fp16"):
         if name not in ratios:

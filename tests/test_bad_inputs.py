@@ -110,6 +110,7 @@ GOOD = {
     debugging.diagnose_curves: dict(train_loss=[1.0, 0.8, 0.6, 0.5], val_loss=[1.0, 0.9, 0.8, 0.8],
                                     grad_norm=[1.0, 1.0, 1.0, 1.0], overlap=0.0, shift=0.0),
     debugging.falls_while_val_rises: dict(train_loss=[1.0, 0.8, 0.6, 0.5], val_loss=[1.0, 0.9, 0.8, 0.8]),
+    debugging.pathology_tables: dict(runs={}),
     debugging.pathology_run: dict(pathology="healthy", steps=3, every=1, seed=0, dtype="fp32", device="cpu"),
     device.pick: dict(device="cpu"),
     device.threads: dict(n=1),

@@ -411,3 +411,13 @@ def test_bad_input():
         dbg.split_overlap(torch.zeros(3, 2), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="rows"):
         dbg.input_shift(torch.zeros(1, 2), torch.zeros(3, 2))
+
+
+def test_pathology_tables_are_narrow_and_rediagnose_from_curves_alone():
+    runs = {p: dbg.pathology_run(p) for p in ("healthy", "leak between splits")}
+    text = dbg.pathology_tables(runs)
+    assert max(map(len, text.splitlines())) < 80
+    leak = next(line for line in text.splitlines() if line.startswith("leak between splits"))
+    assert leak.split()[3:] == ["leak", "between", "splits", "healthy"]  # curves alone miss it
+    with pytest.raises(TypeError, match="runs"):
+        dbg.pathology_tables([1, 2])
