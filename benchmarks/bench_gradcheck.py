@@ -1,4 +1,4 @@
-"""numlab.finite_diff.gradcheck against torch.autograd.gradcheck, in one run.
+"""numlab.gradcheck.gradcheck against torch.autograd.gradcheck, in one run.
 
 usage: python benchmarks/bench_gradcheck.py [--sizes 64 256 1024] [--repeats 5] [--threads 1]
                                            [--clock cpu|wall]
@@ -8,8 +8,9 @@ input size n, times numlab's batched check and torch's check with fast_mode=Fals
 fast_mode=True (median of --repeats rounds in which the three take turns, so a shared
 machine's load hits all three alike, after one warm-up round), all in float64 with the same
 eps/atol/rtol, and prints a markdown table with the ratios, the three verdicts and numlab's
-minor page faults per call (each one is fresh memory from the OS; at n = 1024 they are the
-main thing left between numlab and the arithmetic, see numlab.finite_diff._jacobian_buffer).
+minor page faults per call (each one is fresh memory from the OS: at n = 1024 numlab's
+temporaries cost many of them; it does not pool memory to avoid them, since no notebook
+checks a layer that large).
 Wrong layers are included on purpose: a checker must be fast on the failures too.
 """
 from __future__ import annotations

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from numlab import softmax as sm
 
@@ -135,3 +137,19 @@ def test_softplus_breakpoint_is_where_exp_overflows(name):
     assert torch.isinf(sm.softplus_naive(torch.tensor([z], dtype=dtype))).all()
     last_safe = torch.tensor([formats.info(name).exp_overflow], dtype=dtype)
     assert torch.isfinite(sm.softplus_naive(last_safe)).all()
+
+
+# Logits drawn from the whole range that matters: tiny, ordinary, huge, both signs, and ties.
+_LOGIT = st.one_of(st.floats(-1e4, 1e4, allow_nan=False), st.sampled_from([0.0, 40.0, -40.0, 88.0, 709.0]),
+                   st.floats(-1e-6, 1e-6, allow_nan=False))
+
+
+@settings(max_examples=150, deadline=None)
+@given(row=st.lists(_LOGIT, min_size=2, max_size=5), dtype=st.sampled_from(DTYPES), data=st.data())
+def test_cross_entropy_within_a_few_ulp_anywhere(row, dtype, data):
+    z = torch.tensor([row], dtype=torch.float64).to(dtype)
+    y = data.draw(st.integers(0, len(row) - 1))
+    (top, log_rest), = _exact_parts(z)
+    exact = (top - mpmath.mpf(z[0, y].item())) + log_rest
+    got = sm.cross_entropy_stable(z, torch.tensor([y]), reduction="none").double().numpy()
+    assert _ulps(got, [exact], dtype)[0] <= MAX_ULP
