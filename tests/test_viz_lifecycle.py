@@ -12,9 +12,9 @@ from numlab.viz.softmax import explore_softmax  # noqa: E402
 
 
 def _registry_size() -> int:
-    registry = getattr(widgets.Widget, "widgets", None)  # ipywidgets 7
+    registry = getattr(widgets.widget, "_instances", None)  # ipywidgets 8
     if registry is None:
-        registry = widgets.widget._instances  # ipywidgets 8
+        registry = widgets.Widget.widgets  # ipywidgets 7
     return len(registry)
 
 
