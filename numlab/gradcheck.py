@@ -256,13 +256,16 @@ def _analytical(fn, args, checked, outputs, keep, batched) -> tuple[torch.Tensor
 def _compare(a: torch.Tensor, n: torch.Tensor, atol: float, rtol: float):
     """torch's test per entry, ``|a - n| <= atol + rtol |n|`` where both are finite and
     ``a == n`` elsewhere (``torch.isclose``: inf == inf), and a score that ranks entries:
-    ``|a - n| / (atol + rtol |n|)``, above 1 exactly where the test fails."""
-    diff, tol = (a - n).abs(), atol + rtol * n.abs()
+    ``|a - n| / (atol + rtol |n|)``, at least 1 exactly where the test fails."""
+    diff = (a - n).abs()
+    tol = n.abs().mul_(rtol).add_(atol)
+    score = diff / tol
+    if bool(torch.isfinite(score).all()):  # the common case: everything finite, atol > 0
+        return diff <= tol, score
     finite = a.isfinite() & n.isfinite()
     ok = torch.where(finite, diff <= tol, a == n)
-    score = diff / tol
-    if not bool(finite.all()) or atol == 0:  # inf/NaN or 0/0: passing entries score 0, failing inf
-        score = torch.where(ok, score.nan_to_num(0.0, posinf=0.0), score.nan_to_num(math.inf).clamp(min=1.0))
+    # inf/NaN, or 0/0 where atol = 0: passing entries score 0, failing ones at least 1
+    score = torch.where(ok, score.nan_to_num(0.0, posinf=0.0), score.nan_to_num(math.inf).clamp(min=1.0))
     return ok, score
 
 
