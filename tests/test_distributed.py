@@ -139,9 +139,15 @@ def test_keyboard_interrupt_leaves_no_process(tmp_path):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C / the notebook's stop button sends
 
-    threading.Thread(target=interrupt_when_started, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        nd.run_workers(w.hang_on, 2, 1, str(tmp_path), True, timeout=120)
+    # A shell that starts the test run in the background (`make test &`) makes it ignore
+    # SIGINT; a kernel never does. Put Python's own Ctrl-C handler in place for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_when_started, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            nd.run_workers(w.hang_on, 2, 1, str(tmp_path), True, timeout=120)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     pids = _pids(tmp_path, 2)
     assert len(pids) == 4  # two workers, each with a grandchild it started
     assert _survivors(pids) == []

@@ -26,6 +26,7 @@ from .servers import notebooks
 pytestmark = pytest.mark.browser
 
 NOTEBOOKS = notebooks()
+LAPTOP = {"width": 1366, "height": 768 - 110}  # 1366x768 less the browser's tab and address bars
 RUN_TIMEOUT_MS = 240_000  # the slowest notebook, run all, on a busy 2-core machine
 WIDGET_TIMEOUT_MS = 60_000  # one redraw of a slow (training) widget
 TOP_OUTPUTS = ".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output"
@@ -151,6 +152,26 @@ def test_notebook_in_jupyterlab(notebook, lab, browser_page, screenshot_dir, rec
         if truncated:
             print(f"{name}: widget labels cut off (set style={{'description_width': "
                   f"'initial'}}): {truncated}")
+
+        # A laptop: 1366x768 less the browser's own bars, JupyterLab's side bar open. Every
+        # explorer (controls, figure, status) must fit in the notebook panel at once.
+        desktop = page.viewport_size
+        page.set_viewport_size(LAPTOP)
+        tabs = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab")
+        assert tabs.count(), "JupyterLab's left side bar was not found"
+        if not page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").count():
+            tabs.first.click()  # open the file browser, as a student has it
+        page.wait_for_timeout(500)  # the layout settles
+        panel = page.locator(".jp-NotebookPanel-notebook").first.bounding_box()
+        too_big = []
+        for index in range(explorers.count()):
+            box = explorers.nth(index).bounding_box()
+            if box["height"] > panel["height"] or box["width"] > panel["width"] + 1:
+                too_big.append(f"explorer {index}: {box['width']:.0f}x{box['height']:.0f} px in a "
+                               f"{panel['width']:.0f}x{panel['height']:.0f} panel")
+        page.set_viewport_size(desktop)
+        page.wait_for_timeout(300)
+        assert not too_big, f"{name}: widgets do not fit a 1366x768 laptop screen: {too_big}"
 
         main = explorers.first
         main.scroll_into_view_if_needed()
