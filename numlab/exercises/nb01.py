@@ -35,7 +35,8 @@ EXERCISES = {
                "error for exp at x = 1 in float32?",
         expected=lambda: sweep_h("exp", 1.0, "fp32").best_central_h,
         rtol=1e-6,
-        hint="sweep_h(...) returns best_central_h; the grid has ten steps per decade.",
+        hint="The best step balances truncation (falls with h) against rounding (grows as h "
+             "shrinks); the grid has ten steps per decade.",
     ),
     "01.3": Exercise(
         prompt="The fitted slope of log(error) against log(h) for the forward difference of tanh "

@@ -36,7 +36,8 @@ EXERCISES = {
         "leaves fewer than 1% of the demo's fp16 gradient entries at 0 (loss_scale=1e-5).",
         expected=_smallest_safe_exponent,
         rtol=0,
-        hint="gradient_magnitudes(loss_scale=1e-5, scale=2.0**k).zero_fp16_scaled for a few k.",
+        hint="Each doubling of the scale lifts every gradient by one binade; count how many "
+        "binades the smallest ones sit below fp16's subnormals, then try a few k around that.",
     ),
     "04.4": Exercise(
         prompt="bf16 keeps fp32's range; what does it give up? Give its unit roundoff: the "

@@ -100,10 +100,10 @@ class Explorer(widgets.VBox):
         self.error: BaseException | None = None
         self.last_update_s = float("nan")
         self.fig = new_figure(figsize or self.figsize)
-        # As wide as the cell allows, but never taller than 62 % of the window, so controls,
+        # As wide as the cell allows, but never taller than 55 % of the window, so controls,
         # figure and status fit a 1366x768 laptop screen together (object_fit keeps the aspect)
         self.image = widgets.Image(format="png", layout=widgets.Layout(
-            width="100%", max_width="1100px", max_height="62vh", object_fit="contain"))
+            width="100%", max_width="1100px", max_height="55vh", object_fit="contain"))
         self.status = widgets.HTML(layout=widgets.Layout(min_height="1.6em"))
         self.errors = widgets.Output(layout=widgets.Layout(border="0px"))
         with mpl.rc_context(STYLE):

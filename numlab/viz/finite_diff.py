@@ -260,19 +260,18 @@ class GradcheckExplorer(Explorer):
         verdict = "passed" if report.passed else "FAILED"
         self.ax.set_title(f"{verdict}  ({report.n_failed} of {report.analytical.numel()} entries fail; "
                           f"eps={report.eps:.0e}, {short_name(report.dtype)})")
-        rows = "".join(
-            f"<tr><td>{e.output}{list(e.out_index)}</td><td>{e.input}{list(e.in_index)}</td>"
-            f"<td>{e.analytical:.6g}</td><td>{e.numerical:.6g}</td><td>{e.rel_error:.1e}</td></tr>"
-            for e in report.worst
+        # The three worst entries on one line, not a table: the widget then fits a laptop
+        # screen (the full list is report.worst, the repr prints it as a table).
+        worst = "; ".join(
+            f"d out{list(e.out_index)} / d in{list(e.in_index)}: {e.analytical:.4g} vs {e.numerical:.4g}"
+            for e in report.worst[:3]
         )
         color = "#070" if report.passed else "#c00"
         note = f"<br><i>{self.note}</i>" if self.note else ""
         return (
             f"<b style='color:{color}'>{verdict}</b>: max abs error {report.max_abs_error:.1e}, "
             f"max rel error {report.max_rel_error:.1e}, Jacobian rel error "
-            f"{report.norm_rel_error:.1e}.{note}"
-            "<table><tr><th>output</th><th>input</th><th>analytical</th><th>numerical</th>"
-            f"<th>rel err</th></tr>{rows}</table>"
+            f"{report.norm_rel_error:.1e}.{note}<br>worst (analytical vs numerical): {worst}"
         )
 
 
