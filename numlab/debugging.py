@@ -1005,7 +1005,8 @@ def pathology_tables(runs: dict[str, CurveRun]) -> str:
     lines += ["", f"{'run':<23} {'best val step':>13} {'train':>7} {'val':>7} {'fresh':>7} "
                   f"{'overlap':>7} {'shift':>6}"]
     for name, r in runs.items():
-        last = -2 if r.stopped_at is not None else -1  # the last finite evaluation
+        finite = np.isfinite(r.train_loss) & np.isfinite(r.val_loss) & np.isfinite(r.fresh_loss)
+        last = int(np.flatnonzero(finite)[-1]) if finite.any() else -1  # last all-finite evaluation
         lines.append(f"{name:<23} {r.steps[np.nanargmin(r.val_loss)]:>13} {r.train_loss[last]:7.3g} "
                      f"{r.val_loss[last]:7.3g} {r.fresh_loss[last]:7.3g} {r.overlap:7.0%} "
                      f"{r.shift:6.2g}")

@@ -421,3 +421,16 @@ def test_pathology_tables_are_narrow_and_rediagnose_from_curves_alone():
     assert leak.split()[3:] == ["leak", "between", "splits", "healthy"]  # curves alone miss it
     with pytest.raises(TypeError, match="runs"):
         dbg.pathology_tables([1, 2])
+
+
+def test_pathology_tables_report_the_last_evaluation_where_every_loss_is_finite():
+    # The blow-up run's validation loss can overflow one evaluation before its training loss
+    # does: the numbers row must come from an evaluation where all three are finite.
+    run = dbg.pathology_run("numerical blow-up")
+    run.val_loss[-2] = float("nan")  # the case seen on one machine, forced here
+    row = dbg.pathology_tables({"numerical blow-up": run}).splitlines()[-1].split()
+    train, val, fresh = map(float, row[3:6])
+    assert all(math.isfinite(v) for v in (train, val, fresh))
+    finite = np.isfinite(run.train_loss) & np.isfinite(run.val_loss) & np.isfinite(run.fresh_loss)
+    last = np.flatnonzero(finite)[-1]
+    assert train == pytest.approx(run.train_loss[last], rel=1e-2)
