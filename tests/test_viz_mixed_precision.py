@@ -189,3 +189,11 @@ def test_explore_bad_input(kwargs, error, match):
 def test_explore_refuses_an_absent_gpu():
     with pytest.raises(ValueError, match="device"):
         explore_mixed_precision(device="cuda")
+
+
+def test_progress_clock_starts_with_each_run_not_with_the_widget(explorer):
+    explorer.progress.start_t -= 100.0  # as if the widget had been built 100 s before the change
+    explorer.controls["scaler"].value = not explorer.controls["scaler"].value
+    assert explorer.error is None
+    assert explorer.progress.n == explorer.steps
+    assert explorer.progress.format_dict["elapsed"] < 30.0
