@@ -2,19 +2,8 @@
 from __future__ import annotations
 
 import statistics
-import time
 
-
-def time_calls(fn, repeat: int = 5, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of ``repeat`` calls of ``fn()`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+from numlab.device import time_calls  # noqa: F401  (the one timing helper, re-exported)
 
 
 def median(xs):

@@ -1,8 +1,10 @@
-"""The one place that picks cuda, then mps, then cpu, and knows what each can do."""
+"""The machine: the one place that picks cuda, then mps, then cpu, knows what each can do,
+sets threads and seeds for a reproducible demo, and times a call."""
 from __future__ import annotations
 
 import contextlib
 import functools
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -75,6 +77,27 @@ def seeded(seed: int):
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
+
+
+def time_calls(call, repeat: int = 5, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeat`` calls of ``call()``, after ``warmup`` untimed ones.
+
+    The one timing helper: the benchmarks, gradcheck's speed comparison and the anomaly-mode
+    overhead all use it (take ``min`` for a best-of, ``statistics.median`` for a median).
+    """
+    from numlab._checks import int_at_least
+
+    if not callable(call):
+        raise TypeError(f"call must be callable, got {call!r}")
+    repeat, warmup = int_at_least("repeat", repeat, 1), int_at_least("warmup", warmup, 0)
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 @dataclass(frozen=True)

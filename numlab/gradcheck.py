@@ -29,7 +29,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -400,23 +399,6 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
 
 
 # --- speed ------------------------------------------------------------------------------------
-def best_time(call, repeat: int = 5, warmup: int = 1) -> float:
-    """Best of ``repeat`` wall-clock seconds of ``call()``, after ``warmup`` untimed calls."""
-    from numlab._checks import int_at_least
-
-    if not callable(call):
-        raise TypeError(f"call must be callable, got {call!r}")
-    repeat, warmup = int_at_least("repeat", repeat), int_at_least("warmup", warmup, 0)
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @dataclass(frozen=True)
 class SpeedComparison:
     """Best-of-``repeat`` seconds of numlab's and torch's full gradcheck on the same inputs."""
@@ -435,11 +417,11 @@ class SpeedComparison:
 
 def speed_vs_torch(fn, inputs, repeat: int = 5) -> SpeedComparison:
     """Time :func:`gradcheck` against ``torch.autograd.gradcheck(fast_mode=False)``, one thread."""
-    from numlab.device import threads
+    from numlab.device import threads, time_calls
 
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise ValueError(f"repeat must be an int >= 1, got {repeat!r}")
     with threads(1):
-        ours = best_time(lambda: gradcheck(fn, inputs), repeat)
-        theirs = best_time(lambda: torch.autograd.gradcheck(fn, inputs), repeat)
+        ours = min(time_calls(lambda: gradcheck(fn, inputs), repeat))
+        theirs = min(time_calls(lambda: torch.autograd.gradcheck(fn, inputs), repeat))
     return SpeedComparison(ours, theirs)

@@ -18,6 +18,7 @@ from torch import nn
 from numlab import check, clipping, debugging, device, distributed, finite_diff, formats, gradcheck, layers
 from numlab import mixed_precision as mp
 from numlab import softmax as sm
+from numlab.debugging import anomaly, demos, pathologies, tools
 
 X = torch.randn(4, 3, dtype=torch.float64)
 Y = torch.tensor([0, 1, 2, 0])
@@ -51,7 +52,6 @@ GOOD = {
     gradcheck.gradcheck: dict(fn=torch.tanh, inputs=(torch.randn(3, dtype=torch.float64,
                                                                  requires_grad=True),),
                               eps=1e-6, atol=1e-5, rtol=1e-3, top=2, batched=True),
-    gradcheck.best_time: dict(call=lambda: None, repeat=2, warmup=1),
     gradcheck.speed_vs_torch: dict(fn=torch.tanh, inputs=(torch.randn(3, dtype=torch.float64,
                                                                       requires_grad=True),), repeat=1),
     sm.softmax_naive: dict(logits=X), sm.softmax_stable: dict(logits=X),
@@ -115,6 +115,7 @@ GOOD = {
     device.pick: dict(device="cpu"),
     device.threads: dict(n=1),
     device.seeded: dict(seed=0),
+    device.time_calls: dict(call=lambda: None, repeat=2, warmup=1),
     device.capabilities: dict(device="cpu"),
     layers.problem: dict(name="tanh", n=4, wrong=False, dtype="fp64", device="cpu", seed=0, scale=1.0),
     check.exercises: dict(notebook="00"),
@@ -136,7 +137,8 @@ NOT_IN_TABLE = {"main", "Job", "NanGuard", "PairwiseDistance", "MaskedEntropy", 
                 "run_many", "available", "softplus", "softplus_wrong_sign", "layer_norm",
                 "layer_norm_forgot_mean", "tanh", "tanh_small_x", "dense_tanh",
                 "dense_tanh_forgot_activation", "WorkerError", "WorkerTimeout"}
-MODULES = [formats, finite_diff, gradcheck, sm, clipping, mp, distributed, debugging, device, layers, check]
+MODULES = [formats, finite_diff, gradcheck, sm, clipping, mp, distributed, debugging, tools, anomaly, demos,
+           pathologies, device, layers, check]
 
 
 class Odd:
