@@ -19,6 +19,7 @@ from numlab import check, clipping, debugging, device, distributed, finite_diff,
 from numlab import mixed_precision as mp
 from numlab import softmax as sm
 from numlab.debugging import anomaly, demos, pathologies, tools
+from numlab.distributed import batchnorm, ddp, jobs, launcher, stale, workers
 
 X = torch.randn(4, 3, dtype=torch.float64)
 Y = torch.tensor([0, 1, 2, 0])
@@ -136,9 +137,13 @@ LAUNCHERS = {
 NOT_IN_TABLE = {"main", "Job", "NanGuard", "PairwiseDistance", "MaskedEntropy", "LogCompress",
                 "run_many", "available", "softplus", "softplus_wrong_sign", "layer_norm",
                 "layer_norm_forgot_mean", "tanh", "tanh_small_x", "dense_tanh",
-                "dense_tanh_forgot_activation", "WorkerError", "WorkerTimeout"}
-MODULES = [formats, finite_diff, gradcheck, sm, clipping, mp, distributed, debugging, tools, anomaly, demos,
-           pathologies, device, layers, check]
+                "dense_tanh_forgot_activation", "WorkerError", "WorkerTimeout", "CPUSyncBatchNorm",
+                # worker functions: the launcher calls them inside a process group, with
+                # arguments its public entry point (run_many, ddp_equivalence, ...) checked
+                "rank_info", "fail_on", "die_on", "hang_on", "torch_syncbn_on_cpu", "ddp_train",
+                "bn_check", "bn_train"}
+MODULES = [formats, finite_diff, gradcheck, sm, clipping, mp, distributed, launcher, ddp, batchnorm, stale,
+           jobs, workers, debugging, tools, anomaly, demos, pathologies, device, layers, check]
 
 
 class Odd:

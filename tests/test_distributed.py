@@ -24,8 +24,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numlab import _dist_workers as w
 from numlab import distributed as nd
+from numlab.distributed import __main__ as cli
+from numlab.distributed import batchnorm, ddp, workers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -82,7 +83,7 @@ def test_results_come_back_by_rank(launched):
 
 def test_worker_exception_names_rank_and_traceback_and_leaves_nothing(tmp_path):
     with pytest.raises(nd.WorkerError) as info:
-        nd.run_workers(w.fail_on, 2, 1, "boom-42", str(tmp_path), timeout=120)
+        nd.run_workers(workers.fail_on, 2, 1, "boom-42", str(tmp_path), timeout=120)
     err = info.value
     assert err.rank == 1
     assert "worker rank 1 failed: RuntimeError: boom-42" in str(err)
@@ -94,14 +95,14 @@ def test_worker_exception_names_rank_and_traceback_and_leaves_nothing(tmp_path):
 def test_worker_that_dies_silently_is_blamed_not_its_peer():
     # rank 1 then fails too ("Connection reset by peer") and may report first
     with pytest.raises(nd.WorkerError, match=r"rank 0 failed: process exited with code 7"):
-        nd.run_workers(w.die_on, 2, 0, 7, timeout=120)
+        nd.run_workers(workers.die_on, 2, 0, 7, timeout=120)
     assert _survivors(nd.last_worker_pids) == []
 
 
 def test_hang_stops_at_timeout_and_kills_the_workers(tmp_path):
     start = time.monotonic()
     with pytest.raises(nd.WorkerTimeout) as info:
-        nd.run_workers(w.hang_on, 2, 1, str(tmp_path), False, timeout=4)
+        nd.run_workers(workers.hang_on, 2, 1, str(tmp_path), False, timeout=4)
     assert time.monotonic() - start < 60  # it stopped (the hanging rank sleeps 600 s)
     assert info.value.missing and set(info.value.missing) <= {0, 1}
     assert len(nd.last_worker_pids) == 2
@@ -114,8 +115,8 @@ def test_hang_stops_at_timeout_and_kills_the_workers(tmp_path):
 def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path):
     # A kernel killed with SIGKILL cannot clean up: its workers (and what they started)
     # notice the lost parent and take their process group down themselves.
-    code = ("from numlab import _dist_workers as w, distributed as nd; "
-            f"nd.run_workers(w.hang_on, 2, 1, {str(tmp_path)!r}, True, timeout=300)")
+    code = ("from numlab.distributed import workers; from numlab import distributed as nd; "
+            f"nd.run_workers(workers.hang_on, 2, 1, {str(tmp_path)!r}, True, timeout=300)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     launcher = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     try:
@@ -145,7 +146,7 @@ def test_keyboard_interrupt_leaves_no_process(tmp_path):
     try:
         threading.Thread(target=interrupt_when_started, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
-            nd.run_workers(w.hang_on, 2, 1, str(tmp_path), True, timeout=120)
+            nd.run_workers(workers.hang_on, 2, 1, str(tmp_path), True, timeout=120)
     finally:
         signal.signal(signal.SIGINT, previous)
     pids = _pids(tmp_path, 2)
@@ -211,12 +212,12 @@ def test_local_function_is_refused():
 def test_bad_launcher_arguments(kwargs, error, match):
     world_size = kwargs.pop("world_size")
     with pytest.raises(error, match=match):
-        nd.run_workers(w.rank_info, world_size, **kwargs)
+        nd.run_workers(workers.rank_info, world_size, **kwargs)
 
 
 def test_unpicklable_args_are_refused_before_launch():
     with pytest.raises(TypeError, match="args must be picklable"):
-        nd.run_workers(w.fail_on, 2, lambda: 0)
+        nd.run_workers(workers.fail_on, 2, lambda: 0)
 
 
 def test_backend_choice():
@@ -278,9 +279,9 @@ def test_ddp_matches_one_process_up_to_rounding(launched):
 
 def test_ddp_really_trained(launched):
     # guard against a trivially equal comparison: the parameters moved away from their init
-    kw = nd._prepare_ddp(2, dtype="fp32", steps=4)
-    trained = nd._reference_ddp(**kw, emulate=False)
-    init = w.flat_params(w.mlp(0, torch.float32))
+    kw = ddp._prepare_ddp(2, dtype="fp32", steps=4)
+    trained = ddp._reference_ddp(**kw, emulate=False)
+    init = ddp._flat_params(ddp._mlp(0, torch.float32))
     assert (trained[-1] - init).abs().max() > 1e3 * launched[1].max_diff.max()
 
 
@@ -304,7 +305,7 @@ def test_sync_batchnorm_training_equals_one_big_batch(launched):
     sweep = launched[6]
     assert sweep.per_device_batch == (2, 3)
     for i, b in enumerate(sweep.per_device_batch):
-        acc, loss = w.bn_train_single(2 * b, BN_SWEEP["steps"], BN_SWEEP["lr"], 0,
+        acc, loss = batchnorm._bn_train_single(2 * b, BN_SWEEP["steps"], BN_SWEEP["lr"], 0,
                                       BN_SWEEP["test_size"])
         assert sweep.loss_sync[i] == pytest.approx(loss, rel=1e-4)
         assert abs(sweep.acc_sync[i] - acc) <= 1 / BN_SWEEP["test_size"]
@@ -316,7 +317,7 @@ def test_sync_batchnorm_training_equals_one_big_batch(launched):
 def test_cpu_sync_batchnorm_is_plain_batchnorm_without_a_process_group():
     torch.manual_seed(0)
     x = torch.randn(10, 4) * 2 + 1
-    ours, ref = w.CPUSyncBatchNorm(4), torch.nn.BatchNorm1d(4)
+    ours, ref = batchnorm.CPUSyncBatchNorm(4), torch.nn.BatchNorm1d(4)
     torch.testing.assert_close(ours(x), ref(x))
     torch.testing.assert_close(ours.running_var, ref.running_var)
     with pytest.raises(ValueError, match="shape"):
@@ -481,10 +482,10 @@ def test_bad_stale_arguments(call, error, match):
 
 
 def test_cli_parses_demo_options():
-    args, name, kwargs = nd._parse(["batchnorm", "--batch", "2", "8", "--steps", "5"])
+    args, name, kwargs = cli._parse(["batchnorm", "--batch", "2", "8", "--steps", "5"])
     assert name == "batchnorm_sync" and kwargs == {"per_device_batch": (2, 8), "steps": 5}
     with pytest.raises(SystemExit):
-        nd._parse(["nope"])
+        cli._parse(["nope"])
 
 
 def test_torchrun_runs_the_entry_point_with_two_processes():

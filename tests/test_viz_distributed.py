@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from numlab import _dist_workers as w
 from numlab import distributed as nd
+from numlab.distributed import batchnorm, ddp
 from numlab.viz import distributed as vd
 from numlab.viz import new_figure
 
 
 def _ddp_like(dtype: str) -> nd.DDPEquivalence:
     """A DDPEquivalence from one process: full-batch vs DDP's order of additions, emulated."""
-    kw = nd._prepare_ddp(2, dtype=dtype, steps=3)
-    single = nd._reference_ddp(**kw, emulate=False)
-    emulated = nd._reference_ddp(**kw, emulate=True)
+    kw = ddp._prepare_ddp(2, dtype=dtype, steps=3)
+    single = ddp._reference_ddp(**kw, emulate=False)
+    emulated = ddp._reference_ddp(**kw, emulate=True)
     return nd.DDPEquivalence(2, kw["dtype"], kw["global_batch"],
                              (single - emulated).abs().amax(1).double().numpy(),
                              np.zeros(3), float(single.abs().max()),
@@ -66,8 +66,8 @@ def test_plot_stale_map_shows_divergence_and_theory():
 
 def _fake_sweep(world_size, batches, steps=3):
     # local stand-in: one process with batch b; "synchronised": one process with world * b
-    local = [w.bn_train_single(b, steps, 0.05, 0, 100) for b in batches]
-    sync = [w.bn_train_single(world_size * b, steps, 0.05, 0, 100) for b in batches]
+    local = [batchnorm._bn_train_single(b, steps, 0.05, 0, 100) for b in batches]
+    sync = [batchnorm._bn_train_single(world_size * b, steps, 0.05, 0, 100) for b in batches]
     return nd.BatchNormSweep(world_size, tuple(batches), np.array([a for a, _ in local]),
                              np.array([a for a, _ in sync]), np.array([x for _, x in local]),
                              np.array([x for _, x in sync]), steps)

@@ -1,0 +1,407 @@
+"""The launcher: ``world_size`` worker processes joined by ``torch.distributed``, and no
+process left behind on any way out.
+
+:func:`run_workers` runs one module-level function in every worker; :func:`_launch` runs
+several experiments (:class:`Job`: check arguments here, run in the workers, finish here) in
+one launch, since a launch costs seconds. :func:`_bootstrap` is what each spawned worker runs.
+
+Worker functions must live in an importable module. A spawned worker is a new interpreter
+that imports the function by its module and name; a function typed into a notebook cell
+belongs to the kernel's ``__main__``, which has no file the new interpreter could import.
+"""
+from __future__ import annotations
+
+import faulthandler
+import os
+import pickle
+import queue as queue_module
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from numlab._checks import int_at_least
+from numlab.formats import resolve_dtype
+
+FP32_FP64 = (torch.float32, torch.float64)  # the dtypes these experiments train and solve in
+BACKENDS = ("auto", "gloo", "nccl")
+HOST = "127.0.0.1"
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+class WorkerError(RuntimeError):
+    """A worker process raised (or died); ``.rank`` and ``.worker_traceback`` say where."""
+
+    def __init__(self, rank: int, summary: str, worker_traceback: str = ""):
+        self.rank = rank
+        self.summary = summary
+        self.worker_traceback = worker_traceback
+        text = f"worker rank {rank} failed: {summary}"
+        if worker_traceback:
+            text += f"\n--- traceback in worker rank {rank} ---\n{worker_traceback.rstrip()}"
+        super().__init__(text)
+
+
+class WorkerTimeout(TimeoutError):
+    """The workers did not all finish within ``timeout`` seconds (they have been stopped).
+
+    ``.missing`` lists the ranks that never reported; ``.stacks[rank]`` is where each of
+    them was when the time ran out (every thread's Python stack, from ``faulthandler``).
+    """
+
+    def __init__(self, timeout: float, missing: list[int], stacks: dict | None = None):
+        self.timeout = timeout
+        self.missing = missing
+        self.stacks = stacks or {}
+        text = (f"worker rank(s) {missing} had not finished after timeout={timeout:g} s; "
+                "all workers were stopped")
+        for rank, stack in self.stacks.items():
+            text += f"\n--- where rank {rank} was ---\n{_trim_stack(stack)}"
+        super().__init__(text)
+
+
+def _trim_stack(stack: str, lines: int = 12) -> str:
+    # faulthandler prints the innermost frame first; the top few lines say where it hung
+    kept = stack.strip().splitlines()
+    return "\n".join(kept[:lines] + (["  ..."] if len(kept) > lines else []))
+
+
+# --- the launcher --------------------------------------------------------------------
+
+_NOTEBOOK_HINT = (
+    "a spawned worker is a fresh Python process that imports fn by module and name, and "
+    "{name!r} lives in the '__main__' of this interpreter, which has no file to import "
+    "(a notebook cell or an interactive session). Put the function in a .py module "
+    "(e.g. my_workers.py next to the notebook) and import it."
+)
+
+
+def _check_spawnable(fn) -> None:
+    if not callable(fn):
+        raise TypeError(f"fn must be a module-level function, got {type(fn).__name__}")
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", repr(fn))
+    if module == "__main__" and getattr(sys.modules.get("__main__"), "__file__", None) is None:
+        raise ValueError("fn cannot be started in a worker: " + _NOTEBOOK_HINT.format(name=name))
+    if "<locals>" in name or "<lambda>" in name:
+        raise ValueError(f"fn must be defined at module level (a worker imports it by name), "
+                         f"got the local function or lambda {name!r}")
+    try:
+        pickle.dumps(fn)
+    except Exception as err:
+        raise TypeError(f"fn must be picklable to reach a worker, {name!r} is not: {err}") from None
+
+
+def resolve_backend(backend: str, world_size: int) -> str:
+    """``"auto"`` -> ``"nccl"`` with one CUDA device per worker, else ``"gloo"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    world_size = _check_world_size(world_size)
+    if backend == "auto":
+        enough_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
+        return "nccl" if enough_gpus and dist.is_nccl_available() else "gloo"
+    if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
+        raise ValueError("backend='nccl' needs CUDA and an NCCL build of torch; "
+                         "use backend='gloo' (CPU) or 'auto'")
+    return backend
+
+
+def _check_world_size(world_size) -> int:
+    if isinstance(world_size, bool) or not isinstance(world_size, int):
+        raise TypeError(f"world_size must be an int, got {type(world_size).__name__}")
+    if not 1 <= world_size <= 64:
+        raise ValueError(f"world_size must be between 1 and 64, got {world_size}")
+    return world_size
+
+
+_MAX_TIMEOUT = 86400.0  # a day; beyond it torch's store timeout overflows a C int of ms
+
+
+def _check_timeout(timeout) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not 1 <= timeout <= _MAX_TIMEOUT:  # under a second no worker can even start
+        raise ValueError(f"timeout must be between 1 and {_MAX_TIMEOUT:.0f} seconds, got {timeout}")
+    return float(timeout)
+
+
+def _kill(process) -> None:
+    """SIGKILL a worker and everything in its process group (what it started), then reap it."""
+    if process.pid is None:
+        return
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # the worker made itself group leader
+        except (ProcessLookupError, PermissionError):
+            pass
+    if process.is_alive():
+        process.kill()
+    process.join()
+
+
+def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
+                timeout: float = 120.0) -> list:
+    """Run ``fn(*args)`` in ``world_size`` fresh processes joined by ``torch.distributed``.
+
+    Each worker sees an initialised default process group (``dist.get_rank()``,
+    ``dist.get_world_size()``), rendezvous through a ``TCPStore`` this process holds on a
+    free port of 127.0.0.1. Returns ``[result of rank 0, result of rank 1, ...]``.
+
+    Raises :class:`WorkerError` (rank + the worker's traceback) as soon as any worker fails,
+    and :class:`WorkerTimeout` after ``timeout`` seconds; in every case, Ctrl-C included,
+    all workers and the processes they started are killed before this returns.
+    """
+    _check_spawnable(fn)
+    world_size = _check_world_size(world_size)
+    timeout = _check_timeout(timeout)
+    backend = resolve_backend(backend, world_size)
+    try:
+        pickle.dumps(args)
+    except Exception as err:
+        raise TypeError(f"args must be picklable to reach the workers: {err}") from None
+
+    # The parent owns the rendezvous store: port 0 lets the OS pick a free port, and the
+    # port cannot be taken by someone else between choosing and using it.
+    store = dist.TCPStore(HOST, 0, None, True, timeout=timedelta(seconds=timeout),
+                          wait_for_workers=False)
+    ctx = mp.get_context("spawn")
+    results_queue = ctx.Queue()
+    # Collectives give up a little after the launcher would, so a hang is reported as one.
+    group_timeout = timeout + 30.0
+    stack_dir = tempfile.mkdtemp(prefix="numlab-stacks-")
+    processes = [
+        ctx.Process(target=_bootstrap, name=f"numlab-worker-{rank}",
+                    args=(rank, world_size, backend, HOST, store.port, group_timeout, fn, args,
+                          results_queue, os.getpid(), stack_dir))
+        for rank in range(world_size)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        last_worker_pids[:] = [p.pid for p in processes]
+        return _collect(processes, results_queue, timeout, stack_dir)
+    finally:
+        for process in processes:
+            _kill(process)
+        results_queue.close()
+        results_queue.cancel_join_thread()
+        shutil.rmtree(stack_dir, ignore_errors=True)
+        del store
+
+
+def _collect(processes, results_queue, timeout: float, stack_dir: str) -> list:
+    """Results by rank as the workers report them; the first real error or a timeout raises."""
+    world_size = len(processes)
+    results: dict[int, object] = {}
+    reported: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(results) < world_size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            missing = [r for r in range(world_size) if r not in results]
+            raise WorkerTimeout(timeout, missing, _stacks(processes, missing, stack_dir))
+        try:
+            message = results_queue.get(timeout=min(0.2, remaining))
+        except queue_module.Empty:
+            if any(p.exitcode is not None for r, p in enumerate(processes) if r not in reported):
+                error = _root_cause(processes, reported, results_queue, results, None)
+                if error is not None:
+                    raise error from None
+            continue
+        reported.add(message[1])
+        if message[0] == "error":
+            raise _root_cause(processes, reported, results_queue, results, message) from None
+        results[message[1]] = pickle.loads(message[2])
+    return [results[rank] for rank in range(world_size)]
+
+
+def _stacks(processes, ranks, stack_dir, wait_s: float = 1.0) -> dict[int, str]:
+    """Ask each hung rank for its Python stacks (SIGUSR1 -> faulthandler) and read them."""
+    if not hasattr(signal, "SIGUSR1"):
+        return {}
+    for rank in ranks:
+        if processes[rank].is_alive():
+            os.kill(processes[rank].pid, signal.SIGUSR1)
+    out, deadline = {}, time.monotonic() + wait_s
+    while time.monotonic() < deadline and len(out) < len(ranks):
+        time.sleep(0.05)
+        for rank in ranks:
+            path = os.path.join(stack_dir, f"rank{rank}.stack")
+            if rank not in out and os.path.exists(path) and os.path.getsize(path) > 0:
+                time.sleep(0.05)  # let faulthandler finish writing
+                with open(path) as f:
+                    out[rank] = f.read()
+    return out
+
+
+#: The pids of the workers of the latest launch (to check that none is left running).
+last_worker_pids: list[int] = []
+
+
+def alive_pids(pids) -> list[int]:
+    """The pids in ``pids`` still running (a zombie, dead but not yet reaped, is not)."""
+    if isinstance(pids, int | str) or not isinstance(pids, Sequence | set | tuple):
+        raise TypeError(f"pids must be a list of process ids, got {pids!r}")
+    alive = []
+    for pid in (int_at_least("pids", p) for p in pids):
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            continue
+        except PermissionError:  # exists, belongs to someone else
+            alive.append(pid)
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:  # no /proc (macOS): os.kill's answer stands
+            state = "R"
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
+def _root_cause(processes, reported: set, results_queue, results: dict, first,
+                grace: float = 1.0):
+    """The error to raise once something went wrong, preferring the cause to its echoes.
+
+    When one worker dies, its peers soon fail too ("Connection reset by peer") and may
+    report first. So wait ``grace`` seconds for more reports, and blame a worker that died
+    without reporting (segfault, ``os._exit``, killed) before any worker that reported.
+    Returns None when nothing was wrong after all (a finished worker's result was late).
+    """
+    errors = [] if first is None else [first]
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            message = results_queue.get(timeout=0.05)
+        except queue_module.Empty:
+            continue
+        reported.add(message[1])
+        if message[0] == "error":
+            errors.append(message)
+        else:  # a late but good result (its process had already exited)
+            results[message[1]] = pickle.loads(message[2])
+    for rank, process in enumerate(processes):
+        if rank not in reported and process.exitcode is not None:
+            return WorkerError(rank, f"process exited with code {process.exitcode} "
+                                     "before reporting")
+    if not errors:
+        return None
+    _, rank, summary, tb = errors[0]
+    return WorkerError(rank, summary, tb)
+
+
+
+
+def _train_dtype(dtype) -> str:
+    """fp32 or fp64 as the name a worker rebuilds it from (``"float32"``)."""
+    return str(resolve_dtype(dtype, FP32_FP64)).removeprefix("torch.")
+
+
+def _worker_device() -> torch.device:
+    """Inside a worker: the CUDA device of this rank under nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# --- several experiments in one launch ------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """An experiment split in three: ``prepare(world_size=..., **kwargs)`` checks the arguments
+    here and returns them as a dict; ``worker(**that dict minus world_size)``, a module-level
+    function (it travels to the workers by name), runs in every worker;
+    ``finish(per_rank_results, that dict)`` builds the result here."""
+
+    prepare: Callable[..., dict]
+    worker: Callable
+    finish: Callable[[list, dict], object]
+
+
+def _worker_kwargs(prepared: dict) -> dict:
+    return {k: v for k, v in prepared.items() if k != "world_size"}
+
+
+def _run_calls(calls):
+    """Inside a worker: ``[(fn, kwargs), ...]`` -> ``[fn(**kwargs), ...]``."""
+    return [fn(**kwargs) for fn, kwargs in calls]
+
+
+def _launch(world_size: int, jobs: list[tuple[Job, dict]], backend: str = "auto",
+           timeout: float = 300.0) -> list:
+    """Prepare each ``(job, kwargs)``, run all of them in one launch, finish each one."""
+    prepared = [(job, job.prepare(world_size=world_size, **kwargs)) for job, kwargs in jobs]
+    calls = [(job.worker, _worker_kwargs(kw)) for job, kw in prepared]
+    per_rank = run_workers(_run_calls, world_size, calls, backend=backend, timeout=timeout)
+    return [job.finish([r[i] for r in per_rank], kw) for i, (job, kw) in enumerate(prepared)]
+
+
+# --- the _bootstrap every spawned worker runs --------------------------------------------------
+def _watch_parent(parent_pid: int) -> None:
+    # If the launching process dies without cleaning up (kill -9 of a kernel), the worker
+    # would be re-parented and live on; it notices and takes its whole process group (what
+    # it started, and itself) down with it.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
+                os.killpg(os.getpid(), signal.SIGKILL)
+            os._exit(3)
+
+
+def _stack_on_request(stack_dir: str, rank: int):
+    """On SIGUSR1 (sent by the launcher when this rank hangs), write every thread's Python
+    stack to ``stack_dir/rank<r>.stack``: the launcher's WorkerTimeout then shows where it was."""
+    if stack_dir is None or not hasattr(signal, "SIGUSR1"):
+        return None
+    f = open(os.path.join(stack_dir, f"rank{rank}.stack"), "w")  # noqa: SIM115 - open for life
+    faulthandler.register(signal.SIGUSR1, file=f, all_threads=True)
+    return f
+
+
+def _bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue, parent_pid,
+              stack_dir=None):
+    """Join the process group, run ``fn(*args)``, send back a pickled result or traceback."""
+    if hasattr(os, "setpgrp"):
+        # Own process group: the launcher can kill this worker *and anything it started*
+        # with one killpg, and a notebook's interrupt (SIGINT to the kernel's group) reaches
+        # only the launcher, which then tears the workers down in order.
+        os.setpgrp()
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    _stack_file = _stack_on_request(stack_dir, rank)  # noqa: F841 - kept open while fn runs
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    try:
+        store = dist.TCPStore(host, port, None, False, timeout=timedelta(seconds=timeout_s))
+        if backend == "nccl":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+        # A plain pickle (not multiprocessing's, which would share tensor storage through
+        # file descriptors that die with this process): the bytes travel on their own.
+        message = ("ok", rank, pickle.dumps(fn(*args)))
+    except BaseException as err:  # noqa: B036 - everything is reported, then the process ends
+        message = ("error", rank, f"{type(err).__name__}: {err}", traceback.format_exc())
+    queue.put(message)
+    # Flush before anything else: this rank's report must reach the launcher before the
+    # other ranks notice it is gone and report their own (secondary) errors.
+    queue.close()
+    queue.join_thread()
+    if message[0] == "ok":
+        dist.destroy_process_group()
+    else:
+        os._exit(1)
+
+
