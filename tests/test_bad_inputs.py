@@ -20,6 +20,7 @@ from numlab import mixed_precision as mp
 from numlab import softmax as sm
 from numlab.debugging import anomaly, demos, pathologies, tools
 from numlab.distributed import batchnorm, ddp, jobs, launcher, stale, workers
+from numlab.softmax import breaks, forms, sweeps
 
 X = torch.randn(4, 3, dtype=torch.float64)
 Y = torch.tensor([0, 1, 2, 0])
@@ -70,6 +71,7 @@ GOOD = {
     sm.wrong_limit: dict(dtype="fp16"),
     sm.sweep_logits: dict(scales=[1.0, 2.0], dtype="fp16", n_classes=2, target="low", device="cpu"),
     sm.sweep_bce: dict(zs=[1.0, -2.0], dtype="fp32", target=1.0, device="cpu"),
+    sm.softplus_table: dict(zs=[1.0, -20.0], dtypes=["fp16", "fp32"]),
     clipping.orthogonal_stack: dict(depth=2, width=3, gain=1.0, seed=0, dtype="fp64", device="cpu"),
     clipping.gradient_norms_by_depth: dict(depth=3, width=4, gain=1.0, nonlinearity="linear", batch=2, seed=0,
                                            dtype="fp32", device="cpu"),
@@ -142,8 +144,9 @@ NOT_IN_TABLE = {"main", "Job", "NanGuard", "PairwiseDistance", "MaskedEntropy", 
                 # arguments its public entry point (run_many, ddp_equivalence, ...) checked
                 "rank_info", "fail_on", "die_on", "hang_on", "torch_syncbn_on_cpu", "ddp_train",
                 "bn_check", "bn_train"}
-MODULES = [formats, finite_diff, gradcheck, sm, clipping, mp, distributed, launcher, ddp, batchnorm, stale,
-           jobs, workers, debugging, tools, anomaly, demos, pathologies, device, layers, check]
+MODULES = [formats, finite_diff, gradcheck, sm, forms, breaks, sweeps, clipping, mp,
+           distributed, launcher, ddp, batchnorm, stale, jobs, workers,
+           debugging, tools, anomaly, demos, pathologies, device, layers, check]
 
 
 class Odd:

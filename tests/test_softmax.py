@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from numlab import formats
 from numlab import softmax as sm
 from numlab.formats import info, neighbors
+from numlab.softmax import breaks
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
@@ -205,8 +206,8 @@ def test_loss_and_gradient_breakpoints_are_exact(name, target):
     bp = sm.breakpoints(name, 3, target)
     for s, index in ((bp.loss, 2), (bp.grad, 3)):
         below, _ = neighbors(s, name)
-        at = sm._naive_all(sm.logit_pattern(f64(s, 2 * s), 3, dtype), bp.target)[index]
-        ok = sm._naive_all(sm.logit_pattern(f64(below, below / 3), 3, dtype), bp.target)[index]
+        at = breaks._naive_all(sm.logit_pattern(f64(s, 2 * s), 3, dtype), bp.target)[index]
+        ok = breaks._naive_all(sm.logit_pattern(f64(below, below / 3), 3, dtype), bp.target)[index]
         assert not torch.isfinite(at).all(-1).any()
         assert torch.isfinite(ok).all()
     assert bp.grad <= bp.loss <= bp.softmax == sm.overflow_threshold(name, 3)
@@ -263,6 +264,30 @@ def test_sweep_bce_breaks_where_exp_overflows(name):
     assert np.isfinite(sw.softplus_naive[:3]).all()
     assert sw.first_bad["bce_stable"] is None and sw.first_bad["grad_stable"] is None
     np.testing.assert_allclose(sw.softplus_stable, sw.softplus_exact, rtol=4 * info(name).eps)
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "fp32", "fp64"])
+def test_softplus_accuracy_summary_against_mpmath(name):
+    zs = np.concatenate([-np.logspace(3, -2, 201), np.logspace(-2, 3, 201)])
+    sw = sm.sweep_bce(zs, name)
+    eps, tiny = info(name).eps, info(name).tiny
+    # oracle: log(1 + e^z) in 60 digits, rounded once to the format
+    mpmath.mp.dps = 60
+    exact = np.array([float(mpmath.log1p(mpmath.exp(mpmath.mpf(float(z))))) for z in sw.z])
+    best = torch.from_numpy(exact).to(formats.resolve_dtype(name)).double().numpy()
+    normal = np.abs(exact) >= tiny
+    err = np.abs(sw.softplus_stable - best)[normal] / np.abs(best[normal])
+    assert sw.stable_within(4) == bool((err <= 4 * eps).all())
+    assert sw.stable_within(4)  # the stable form keeps its promise in every format
+    naive_err = np.abs(sw.softplus_naive - best) / np.where(best == 0, 1.0, np.abs(best))
+    off = sw.z[(sw.z < 0) & (naive_err > 0.01)]
+    assert sw.naive_off_below(0.01) == pytest.approx(off.max())
+    # log(fl(1 + x)) carries an absolute error up to eps/2, so its relative error is about
+    # (eps/2) / x: over 1% once x = e^z falls below about 50 eps (the model, within 2x)
+    assert 0.2 < math.exp(sw.naive_off_below(0.01)) / (50 * eps) < 2
+    table = sm.softplus_table(zs, [name]).splitlines()
+    assert table[1].split()[0] == name and table[1].split()[-1] == "True"
+    assert float(table[1].split()[1]) == sm.softplus_breakpoint(name)
 
 
 def test_sweep_bce_shows_nan_from_a_saturated_sigmoid():
