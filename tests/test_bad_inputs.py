@@ -18,6 +18,7 @@ from torch import nn
 from numlab import check, clipping, debugging, device, distributed, finite_diff, formats, gradcheck, layers
 from numlab import mixed_precision as mp
 from numlab import softmax as sm
+from numlab.clipping import clip, depth, rnn
 from numlab.debugging import anomaly, demos, pathologies, tools
 from numlab.distributed import batchnorm, ddp, jobs, launcher, stale, workers
 from numlab.softmax import breaks, forms, sweeps
@@ -144,7 +145,7 @@ NOT_IN_TABLE = {"main", "Job", "NanGuard", "PairwiseDistance", "MaskedEntropy", 
                 # arguments its public entry point (run_many, ddp_equivalence, ...) checked
                 "rank_info", "fail_on", "die_on", "hang_on", "torch_syncbn_on_cpu", "ddp_train",
                 "bn_check", "bn_train"}
-MODULES = [formats, finite_diff, gradcheck, sm, forms, breaks, sweeps, clipping, mp,
+MODULES = [formats, finite_diff, gradcheck, sm, forms, breaks, sweeps, clipping, depth, clip, rnn, mp,
            distributed, launcher, ddp, batchnorm, stale, jobs, workers,
            debugging, tools, anomaly, demos, pathologies, device, layers, check]
 
