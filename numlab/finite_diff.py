@@ -49,10 +49,6 @@ FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 # --- argument checks ------------------------------------------------------------------------
-def _float_dtype(dtype, name: str = "dtype") -> torch.dtype:
-    return resolve_dtype(dtype, COMPUTE_DTYPES, name)
-
-
 def _function(f, name: str = "f") -> Callable:
     if isinstance(f, str):
         if f not in FUNCTIONS:
@@ -78,7 +74,7 @@ def _point(x, dtype: torch.dtype | None, device=None) -> torch.Tensor:
     if not math.isfinite(float(t)):
         raise ValueError(f"x must be finite, got {float(t)}")
     device = pick(device) if device is not None else t.device
-    return t.to(dtype=_float_dtype(dtype) if dtype is not None else None, device=device)
+    return t.to(dtype=resolve_dtype(dtype, COMPUTE_DTYPES) if dtype is not None else None, device=device)
 
 
 def _steps(h, dtype: torch.dtype, device, name: str = "h") -> torch.Tensor:
@@ -178,7 +174,7 @@ def _derivatives(f: Callable, x64: torch.Tensor) -> tuple[float, float, float, f
 def error_models(f, x, dtype=torch.float64) -> tuple[ErrorModel, ErrorModel]:
     """The (forward, central) error models of ``f`` at ``x`` when computing in ``dtype``."""
     f = _function(f)
-    dtype = _float_dtype(dtype)
+    dtype = resolve_dtype(dtype, COMPUTE_DTYPES)
     x64 = _point(x, torch.float64)
     fx, d1, d2, d3 = _derivatives(f, x64)
     u = torch.finfo(dtype).eps / 2
@@ -189,9 +185,18 @@ def error_models(f, x, dtype=torch.float64) -> tuple[ErrorModel, ErrorModel]:
 
 
 # --- the sweep ------------------------------------------------------------------------------
+def usable_step(h: float, dtype=torch.float64) -> float:
+    """``h``, or the smallest normal number of ``dtype`` if ``h`` is below it: a smaller
+    step does not exist in the format as a full-precision number."""
+    dtype = resolve_dtype(dtype, COMPUTE_DTYPES)
+    if isinstance(h, bool) or not isinstance(h, int | float) or not h > 0 or not math.isfinite(h):
+        raise ValueError(f"h must be a positive finite number, got {h!r}")
+    return max(float(h), torch.finfo(dtype).smallest_normal)
+
+
 def default_steps(dtype=torch.float64) -> torch.Tensor:
     """10**-16 .. 1 in tenths of a decade, without steps below dtype's smallest normal."""
-    dtype = _float_dtype(dtype)
+    dtype = resolve_dtype(dtype, COMPUTE_DTYPES)
     hs = torch.logspace(-16, 0, 161, dtype=torch.float64)
     return hs[hs >= torch.finfo(dtype).smallest_normal]
 
@@ -289,7 +294,7 @@ def sweep_h(f, x, dtype=torch.float64, hs=None, df=None, device=None) -> SweepRe
     of ``f`` in float64 at ``x``), or absolute where the true derivative is exactly 0.
     """
     f = _function(f)
-    dtype = _float_dtype(dtype)
+    dtype = resolve_dtype(dtype, COMPUTE_DTYPES)
     xd = _point(x, dtype, device)
     h = _steps(default_steps(dtype) if hs is None else hs, dtype, xd.device, "hs")
     n = h.numel()
@@ -318,6 +323,6 @@ def sweep_h(f, x, dtype=torch.float64, hs=None, df=None, device=None) -> SweepRe
 
 __all__ = [
     "DTYPES", "ErrorModel", "SweepResult", "central_difference", "default_steps", "error_models",
-    "forward_difference", "sweep_h", "Entry", "GradcheckReport", "SpeedComparison", "gradcheck",
-    "speed_vs_torch",
+    "forward_difference", "sweep_h", "usable_step", "Entry", "GradcheckReport", "SpeedComparison",
+    "gradcheck", "speed_vs_torch",
 ]

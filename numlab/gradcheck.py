@@ -57,6 +57,18 @@ class Entry:
                 f"rel={self.rel_error:.1e})")
 
 
+def _precision_warning(dtype: torch.dtype, eps: float) -> str:
+    mach = torch.finfo(dtype).eps
+    return (f"gradcheck: inputs in {short_name(dtype)}, not float64. The central difference "
+            f"then carries rounding error of about eps_mach*|f|/eps = {mach:.1e}*|f|/{eps:.0e} "
+            f"= {mach / eps:.0e} relative, far above float64's {2.2e-16 / 1e-6:.0e}: "
+            "failures may be rounding, not bugs. Check in float64.")
+
+
+def _fallback_warning(note: str) -> str:
+    return f"gradcheck: fell back from the batched path ({note}); slower, same verdict."
+
+
 @dataclass(frozen=True)
 class GradcheckReport:
     """The verdict of :func:`gradcheck`, the two Jacobians and the worst entries.
@@ -80,6 +92,12 @@ class GradcheckReport:
 
     def __bool__(self):
         return self.passed
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What a reader of this verdict should be warned about (gradcheck warns the same)."""
+        out = [] if self.dtype == torch.float64 else [_precision_warning(self.dtype, self.eps)]
+        return (*out, _fallback_warning(self.note)) if self.note else tuple(out)
 
     @property
     def abs_error(self) -> torch.Tensor:
@@ -353,14 +371,7 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
     """
     args, checked, eps, least = _check_settings(fn, inputs, eps, atol, rtol, top, batched)
     if least != torch.float64:
-        mach = torch.finfo(least).eps
-        warnings.warn(
-            f"gradcheck: inputs in {short_name(least)}, not float64. The central difference "
-            f"then carries rounding error of about eps_mach*|f|/eps = {mach:.1e}*|f|/{eps:.0e} "
-            f"= {mach / eps:.0e} relative, far above float64's {2.2e-16 / 1e-6:.0e}: "
-            "failures may be rounding, not bugs. Check in float64.",
-            UserWarning, stacklevel=2,
-        )
+        warnings.warn(_precision_warning(least, eps), UserWarning, stacklevel=2)
     with torch.enable_grad():
         outputs = _outputs(fn, args)
     keep = [j for j, o in enumerate(outputs) if o.requires_grad]
@@ -387,8 +398,7 @@ def gradcheck(fn, inputs, eps=None, atol=1e-5, rtol=1e-3, *, top=5, batched=True
     numerical, analytical = torch.cat(columns, 1), analytical.detach()
     if batched and not batched_ok:
         note = note or "fn's backward could not be batched: one backward per output entry"
-        warnings.warn(f"gradcheck: fell back from the batched path ({note}); slower, same verdict.",
-                      UserWarning, stacklevel=2)
+        warnings.warn(_fallback_warning(note), UserWarning, stacklevel=2)
     ok, score = _compare(analytical, numerical, atol, rtol)
     return GradcheckReport(
         passed=bool(ok.all()), eps=eps, atol=float(atol), rtol=float(rtol), dtype=least,

@@ -51,6 +51,7 @@ GOOD = {
     finite_diff.central_difference: dict(f="exp", x=1.0, h=[1e-3]),
     finite_diff.error_models: dict(f="exp", x=1.0, dtype="fp32"),
     finite_diff.default_steps: dict(dtype="fp32"),
+    finite_diff.usable_step: dict(h=1e-9, dtype="fp16"),
     finite_diff.sweep_h: dict(f="exp", x=1.0, dtype="fp32", hs=[1e-3, 1e-2]),
     gradcheck.gradcheck: dict(fn=torch.tanh, inputs=(torch.randn(3, dtype=torch.float64,
                                                                  requires_grad=True),),

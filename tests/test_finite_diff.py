@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numlab import device as numlab_device
+from numlab import finite_diff, formats
 from numlab.finite_diff import (
     FUNCTIONS,
     central_difference,
@@ -475,3 +476,14 @@ def test_speed_vs_torch_times_both_checks():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="repeat must be an int >= 1"):
         finite_diff.speed_vs_torch(fn, inputs, repeat=0)
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "fp32", "fp64"])
+def test_usable_step_is_the_smallest_normal_from_below(name):
+    tiny = torch.finfo(formats.resolve_dtype(name)).smallest_normal
+    assert finite_diff.usable_step(tiny / 8, name) == tiny  # a subnormal step: raised to tiny
+    assert finite_diff.usable_step(1e-3, name) == 1e-3       # a normal one: unchanged
+    # the raised step is the first one default_steps would not have dropped
+    assert float(finite_diff.default_steps(name)[0]) >= tiny
+    with pytest.raises(ValueError, match="h must be"):
+        finite_diff.usable_step(0.0, name)

@@ -21,10 +21,10 @@ def _ddp_like(dtype: str) -> nd.DDPEquivalence:
     kw = ddp._prepare_ddp(2, dtype=dtype, steps=3)
     single = ddp._reference_ddp(**kw, emulate=False)
     emulated = ddp._reference_ddp(**kw, emulate=True)
-    return nd.DDPEquivalence(2, kw["dtype"], kw["global_batch"],
+    return nd.DDPEquivalence(2, str(kw["dtype"]).removeprefix("torch."), kw["global_batch"],
                              (single - emulated).abs().amax(1).double().numpy(),
                              np.zeros(3), float(single.abs().max()),
-                             torch.finfo(getattr(torch, kw["dtype"])).eps, True)
+                             torch.finfo(kw["dtype"]).eps, True)
 
 
 def test_plot_ddp_differences_draws_each_result_and_its_eps_line():

@@ -7,6 +7,7 @@ from numlab import mixed_precision as mp
 from numlab.viz import new_figure
 from numlab.viz.mixed_precision import (
     MixedPrecisionExplorer,
+    _reference,
     explore_mixed_precision,
     plot_gradient_histogram,
     plot_run,
@@ -92,8 +93,8 @@ def test_explorer_starts_with_fp16_underflow(explorer):
     assert (run.precision, run.scaler, run.steps) == ("fp16", False, explorer.steps)
     assert run.zero_fraction[0] > 0.9
     np.testing.assert_allclose(explorer.artists["zero"].get_ydata(), 100 * run.zero_fraction)
-    assert explorer.progress.n == explorer.steps
-    assert explorer.progress_box in explorer.children
+    assert explorer.progress.value == explorer.progress.max == explorer.steps
+    assert explorer.progress in explorer.children
     assert "flushed to 0" in explorer.status.value
 
 
@@ -125,13 +126,13 @@ def test_toggling_precision_and_loss_magnitude(explorer):
     explorer.controls["precision"].value = "bf16"
     assert explorer.result.precision == "bf16"
     assert "<b>bf16</b>" in explorer.status.value
-    cached = len(explorer.references)
+    cached = _reference.cache_info().currsize
     explorer.controls["loss_scale"].value = 1e-2
     assert explorer.result.loss_scale == pytest.approx(1e-2)
-    assert len(explorer.references) == cached + 1  # a new fp32 reference for the new loss
+    assert _reference.cache_info().currsize == cached + 1  # a new fp32 reference for the new loss
+    run = explorer.result
     np.testing.assert_allclose(explorer.artists["reference"].get_ydata(),
-                               explorer.references[(explorer.controls["device"].value,
-                                                    explorer.result.loss_scale)].loss)
+                               _reference(run.device, run.loss_scale, run.steps).loss)
 
 
 def test_a_failing_toggle_is_shown_not_swallowed(explorer):
@@ -191,9 +192,11 @@ def test_explore_refuses_an_absent_gpu():
         explore_mixed_precision(device="cuda")
 
 
-def test_progress_clock_starts_with_each_run_not_with_the_widget(explorer):
-    explorer.progress.start_t -= 100.0  # as if the widget had been built 100 s before the change
+def test_progress_bar_starts_from_zero_with_each_run(explorer):
+    seen = []
+    explorer.progress.observe(lambda change: seen.append(change["new"]), names="value")
     explorer.controls["scaler"].value = not explorer.controls["scaler"].value
     assert explorer.error is None
-    assert explorer.progress.n == explorer.steps
-    assert explorer.progress.format_dict["elapsed"] < 30.0
+    assert seen[0] == 0 and seen[-1] == explorer.steps  # reset, then moved to the end
+    assert sorted(seen[1:]) == seen[1:]  # forward only, step by step
+    assert len(seen) > explorer.steps // 2

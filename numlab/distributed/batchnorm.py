@@ -15,8 +15,8 @@ import torch.distributed as dist
 from numlab._checks import fp32_number, int_at_least
 from numlab._checks import seed as check_seed
 from numlab.device import threads
-from numlab.distributed.launcher import Job, _check_world_size, _launch, _train_dtype, _worker_device
-from numlab.formats import short_name
+from numlab.distributed.launcher import FP32_FP64, Job, _check_world_size, _launch, _worker_device
+from numlab.formats import resolve_dtype, short_name
 
 
 def _classification_data(n: int, generator: torch.Generator, features: int = 8, classes: int = 4):
@@ -231,7 +231,7 @@ def _prepare_bn_check(world_size, shape=(16, 6), dtype="fp64", seed=0):
         raise ValueError(f"shape must be a tuple (N, C, ...) of positive ints, got {shape!r}")
     if shape[0] % world_size or shape[0] // world_size * math.prod(shape[2:]) < 1:
         raise ValueError(f"shape[0] must be a multiple of world_size={world_size}, got {shape[0]}")
-    dt = getattr(torch, _train_dtype(dtype))
+    dt = resolve_dtype(dtype, FP32_FP64)
     g = torch.Generator().manual_seed(check_seed(seed))
     # The inputs, built once: the workers normalise their shards of them, finish the whole.
     return {"x": (torch.randn(*shape, generator=g, dtype=torch.float64) * 3 + 1).to(dt),

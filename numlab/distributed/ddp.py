@@ -11,7 +11,7 @@ import torch.distributed as dist
 from numlab._checks import fp32_number, int_at_least
 from numlab._checks import seed as check_seed
 from numlab.device import threads
-from numlab.distributed.launcher import Job, _check_world_size, _launch, _train_dtype, _worker_device
+from numlab.distributed.launcher import FP32_FP64, Job, _check_world_size, _launch, _worker_device
 from numlab.formats import COMPUTE_DTYPES, resolve_dtype, short_name
 
 
@@ -75,13 +75,13 @@ def _prepare_ddp(world_size, global_batch=32, steps=10, dtype="fp32", lr=0.1, se
         raise ValueError(f"global_batch must be a multiple of world_size={world_size}, "
                          f"got {global_batch}")
     return {"global_batch": global_batch, "steps": int_at_least("steps", steps),
-            "dtype": _train_dtype(dtype), "lr": fp32_number("lr", lr),
+            "dtype": resolve_dtype(dtype, FP32_FP64), "lr": fp32_number("lr", lr),
             "seed": check_seed(seed), "world_size": world_size}
 
 
 def _reference_ddp(global_batch, steps, dtype, lr, seed, world_size, emulate: bool):
     """One process: the full-batch gradient, or DDP's arithmetic (sum of g_r / N) emulated."""
-    dt = getattr(torch, dtype)
+    dt = dtype
     model = _mlp(seed, dt)
     x, y = _regression_data(seed, steps, global_batch, dt)
     per = global_batch // world_size
@@ -107,12 +107,12 @@ def _reference_ddp(global_batch, steps, dtype, lr, seed, world_size, emulate: bo
     return torch.stack(snapshots)
 
 
-def ddp_train(global_batch: int, steps: int, dtype: str, lr: float, seed: int):
+def ddp_train(global_batch: int, steps: int, dtype: torch.dtype, lr: float, seed: int):
     """Train :func:`_mlp` with DDP on this rank's shard; rank 0 returns params after each step."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    device, dt = _worker_device(), getattr(torch, dtype)
+    device, dt = _worker_device(), dtype
     model = _mlp(seed, dt).to(device)
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.SGD(ddp.parameters(), lr=lr)
@@ -135,10 +135,11 @@ def _finish_ddp(per_rank, kw) -> DDPEquivalence:
         single = _reference_ddp(**kw, emulate=False)
         emulated = _reference_ddp(**kw, emulate=True)
     return DDPEquivalence(
-        world_size=kw["world_size"], dtype=kw["dtype"], global_batch=kw["global_batch"],
+        world_size=kw["world_size"], dtype=str(kw["dtype"]).removeprefix("torch."),
+        global_batch=kw["global_batch"],
         max_diff=(ddp - single).abs().amax(dim=1).double().numpy(),
         emulated_diff=(ddp - emulated).abs().amax(dim=1).double().numpy(),
-        param_scale=float(single.abs().max()), eps=torch.finfo(getattr(torch, kw["dtype"])).eps,
+        param_scale=float(single.abs().max()), eps=torch.finfo(kw["dtype"]).eps,
         ranks_agree=all(torch.equal(r, ddp) for r in per_rank),
     )
 

@@ -31,9 +31,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from numlab._checks import int_at_least
-from numlab.formats import resolve_dtype
 
-FP32_FP64 = (torch.float32, torch.float64)  # the dtypes these experiments train and solve in
+FP32_FP64 = (torch.float32, torch.float64)  # the dtypes the experiments train in
 BACKENDS = ("auto", "gloo", "nccl")
 HOST = "127.0.0.1"
 
@@ -304,11 +303,6 @@ def _root_cause(processes, reported: set, results_queue, results: dict, first,
     return WorkerError(rank, summary, tb)
 
 
-
-
-def _train_dtype(dtype) -> str:
-    """fp32 or fp64 as the name a worker rebuilds it from (``"float32"``)."""
-    return str(resolve_dtype(dtype, FP32_FP64)).removeprefix("torch.")
 
 
 def _worker_device() -> torch.device:

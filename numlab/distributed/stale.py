@@ -14,7 +14,7 @@ from numlab._checks import seed as check_seed
 from numlab.device import threads
 from numlab.formats import COMPUTE_DTYPES, resolve_dtype
 
-_FP32_FP64 = (torch.float32, torch.float64)  # the dtypes the simulation solves in
+_FP32_FP64 = (torch.float32, torch.float64)  # the dtypes the simulation runs in
 
 
 

@@ -25,6 +25,8 @@ from matplotlib.figure import Figure
 
 from numlab.device import threads
 
+CHEAP_DPI = 80  # what a cheap widget renders at (see Explorer)
+
 # Readable on a projector at the back of a room; used for every figure numlab draws.
 STYLE = {
     "font.size": 13,
@@ -74,20 +76,20 @@ def grid_slider(value: float, min: float, max: float, step: float, *, log: bool 
 
 
 class Explorer(widgets.VBox):
-    """Base class: subclasses define ``setup(fig)``, ``compute(**values)`` and ``draw(result)``."""
+    """Base class: subclasses define ``setup(fig)``, ``compute(**values)`` and ``draw(result)``.
+
+    Two presets, chosen by ``slow``. A cheap widget (the default) answers a slider within a
+    frame: it renders at 80 dpi (the browser scales the image to the cell, and PNG encoding
+    is a third of a frame or more) and computes on one torch thread (on a shared machine,
+    waking torch's pool for a few hundred thousand numbers cost 10x the work itself: 16 ms
+    against 1.4 ms). A slow widget (``slow = True``: it trains or launches processes on each
+    change) keeps the figure's resolution and torch's threads, and shows a progress bar
+    under its controls that ``compute`` moves with :meth:`tick`.
+    """
 
     figsize = (9, 4)
     slow = False  # True for widgets that train or launch processes on each change
-    dpi = None  # render resolution; None keeps the figure's own
     moving: tuple = ()  # artists redrawn every frame over a cached background (see animate)
-    frozen: tuple = ()  # artists drawn once, then pasted as pixels (see freeze)
-    # How many backgrounds (one per background_key) to keep: more than one suits a widget
-    # whose background depends only on its key, so a slider dragged back reuses them.
-    backgrounds_kept = 1
-    # torch intra-op threads while compute runs (None: leave torch's setting alone). 1 suits
-    # small sweeps: on a shared machine with busy cores, waking torch's pool for a few
-    # hundred thousand numbers cost 10x the work itself (16 ms against 1.4 ms).
-    compute_threads: int | None = None
 
     # Explorers of one class kept open at once: re-running a widget cell (a lecturer does,
     # all hour) closes the oldest beyond this, so figures do not pile up in the kernel.
@@ -106,10 +108,13 @@ class Explorer(widgets.VBox):
             width="100%", max_width="1100px", max_height="55vh", object_fit="contain"))
         self.status = widgets.HTML(layout=widgets.Layout(min_height="1.6em"))
         self.errors = widgets.Output(layout=widgets.Layout(border="0px"))
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="working",
+                                            layout=widgets.Layout(width="300px"))
         with mpl.rc_context(STYLE):
             self.setup(self.fig)
         box = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
-        super().__init__([box, self.image, self.status, self.errors])
+        bar = [self.progress] if self.slow else []
+        super().__init__([box, *bar, self.image, self.status, self.errors])
         self.add_class("numlab-explorer")
         for control in controls.values():
             control.observe(self._on_change, names="value")
@@ -131,9 +136,11 @@ class Explorer(widgets.VBox):
             if child is not self.layout:
                 child.close()
         self.fig = None  # the explorer held the only reference
-        for name in ("_background", "_backgrounds", "_frozen_pixels"):
-            self.__dict__.pop(name, None)
-        self.moving = self.frozen = ()
+        self.__dict__.pop("_background", None)
+        self.moving = ()
+        if not self.slow:  # the bar is not among the children: close it and its parts here
+            for part in (self.progress, *_descendants(self.progress)):
+                part.close()
         super().close()
         self.layout.close()
 
@@ -158,12 +165,20 @@ class Explorer(widgets.VBox):
     def _on_change(self, _change) -> None:
         self.update()
 
+    def tick(self, done: int, total: int | None = None) -> None:
+        """Called from ``compute`` of a slow widget: ``done`` of ``total`` steps finished."""
+        if total is not None:
+            self.progress.max = max(1, int(total))
+        self.progress.value = min(int(done), self.progress.max)
+
     def update(self) -> None:
         """Recompute, redraw and re-render; on error keep the old figure and show why."""
         start = time.perf_counter()
+        self.progress.value = 0  # each run starts its bar from the left
         try:
-            with threads(self.compute_threads):
+            with threads(None if self.slow else 1):
                 result = self.compute(**self.values)
+            self.progress.value = self.progress.max
             with mpl.rc_context(STYLE):
                 status = self.draw(result)
             self.image.value = self.render_png()
@@ -189,78 +204,28 @@ class Explorer(widgets.VBox):
         self.moving = (*self.moving, *artists)
         return artists[0]
 
-    def freeze(self, *artists, pad: float = 2):
-        """Mark artists whose look and place never change (a legend outside the axes, an
-        x-axis label) on a plain background that nothing else draws on: they are drawn once,
-        and each later full redraw pastes their pixels instead of laying out and rendering
-        the text again (each text costs about a millisecond). Needs a fixed layout (no
-        layout engine after the first render). The pixels kept are the artist's window
-        extent plus ``pad`` pixels each side: enough to cover what sticks out of it (a
-        legend's large markers), not so much that it covers anything that moves. Returns
-        the first artist."""
-        self._frozen_pad = {**getattr(self, "_frozen_pad", {}), **{id(a): pad for a in artists}}
-        self.frozen = (*self.frozen, *artists)
-        self._frozen_pixels = None
-        return artists[0]
-
     def background_key(self):
         """Whatever the static part of the figure depends on (axis limits, a chosen dtype)."""
         return None
 
     def render_png(self) -> bytes:
         canvas = self.fig.canvas
-        if self.dpi and self.fig.dpi != self.dpi:
-            self.fig.set_dpi(self.dpi)
+        dpi = self.fig.get_dpi() if self.slow else CHEAP_DPI
+        if self.fig.dpi != dpi:
+            self.fig.set_dpi(dpi)
         if not self.moving:
-            self._draw_full()
+            canvas.draw()
         else:
             key = (self.background_key(), self.fig.dpi, canvas.get_width_height())
-            # (keys need to be hashable only where more than one background is kept)
-            kept = self.__dict__.setdefault("_backgrounds", {}) if self.backgrounds_kept > 1 else {}
             if getattr(self, "_background_key", _UNSET) == key:
                 canvas.restore_region(self._background)
-            elif self.backgrounds_kept > 1 and key in kept:  # seen before: pixels still hold
-                self._background = kept.pop(key)
-                kept[key] = self._background  # most recently used last
-                self._background_key = key
-                canvas.restore_region(self._background)
             else:
-                self._draw_full()  # everything but the animated artists
+                canvas.draw()  # everything but the animated artists
                 self._background = canvas.copy_from_bbox(self.fig.bbox)
                 self._background_key = key
-                if self.backgrounds_kept > 1:
-                    kept[key] = self._background
-                    while len(kept) > self.backgrounds_kept:
-                        del kept[next(iter(kept))]  # the least recently used
             for artist in self.moving:
                 self.fig.draw_artist(artist)
         return _encode_png(canvas)
-
-    def _draw_full(self) -> None:
-        canvas = self.fig.canvas
-        if not self.frozen:
-            canvas.draw()
-            return
-        stamp = (self.fig.dpi, canvas.get_width_height())
-        pixels = getattr(self, "_frozen_pixels", None)
-        if pixels is None or pixels[0] != stamp:  # first frame (or a new size): draw them
-            canvas.draw()
-            renderer = canvas.get_renderer()
-            pads = getattr(self, "_frozen_pad", {})
-            regions = [canvas.copy_from_bbox(a.get_window_extent(renderer).padded(pads.get(id(a), 2)))
-                       for a in self.frozen if a.get_visible()]
-            self._frozen_pixels = (stamp, regions)
-            return
-        shown = [a for a in self.frozen if a.get_visible()]
-        for artist in shown:
-            artist.set_visible(False)
-        try:
-            canvas.draw()
-        finally:
-            for artist in shown:
-                artist.set_visible(True)
-        for region in pixels[1]:
-            canvas.restore_region(region)
 
     def _repr_mimebundle_(self, **kwargs):
         # The live widget for JupyterLab/Voila, plus a static PNG of the current figure so a

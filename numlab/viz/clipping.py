@@ -57,9 +57,6 @@ def plot_depth(ax, profile: clipping.DepthProfile):
 
 
 class DepthExplorer(Explorer):
-    dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
-    backgrounds_kept = 8  # the background depends on the axis limits only
-    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
     figsize = (9, 4)
 
     def setup(self, fig):
@@ -75,12 +72,8 @@ class DepthExplorer(Explorer):
                                          label="predicted rate ** (depth - l)")
         self.ax.set_xlabel("layer l (0 = input, depth = output)")
         self.ax.set_ylabel("gradient norm")
-        legend = self.ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2,
-                                frameon=False)
+        self.ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, frameon=False)
         self.animate(self.measured, self.predicted)
-        # A new axis range redraws the figure: the legend above the axes and the x label
-        # below the ticks never move, so that redraw pastes them instead (a third of it).
-        self.freeze(legend, self.ax.xaxis.label)
 
     def background_key(self):
         return (self.ax.get_xlim(), self.ax.get_ylim())
@@ -164,7 +157,6 @@ def plot_clip_2d(ax, comparison: clipping.ClipComparison, *, values_in_legend: b
 
 
 class ClipExplorer(Explorer):
-    dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
     figsize = (8, 5)
     limit = 3.5
 
@@ -269,10 +261,7 @@ class TrainingExplorer(Explorer):
 
     def __init__(self, controls, steps: int = 300):
         self.steps = steps
-        self.progress = widgets.IntProgress(value=0, min=0, max=steps, description="training",
-                                            layout=widgets.Layout(width="260px"))
         super().__init__(controls)
-        self.children = (self.children[0], self.progress, *self.children[1:])
 
     def setup(self, fig):
         self.ax_loss, self.ax_norm = fig.subplots(2, 1, sharex=True)
@@ -282,9 +271,6 @@ class TrainingExplorer(Explorer):
         self.artists = plot_training(self.ax_loss, self.ax_norm, empty, legend_all=True)
         for ax in (self.ax_loss, self.ax_norm):
             ax.set_xlim(0, self.steps)
-
-    def _tick(self, step, _steps):
-        self.progress.value = step
 
     def update(self) -> None:
         # Without clipping the threshold changes nothing: grey it out rather than retrain.
@@ -298,8 +284,9 @@ class TrainingExplorer(Explorer):
 
     def compute(self, clip, threshold, lr):
         mode = None if clip == "none" else clip
+        self.progress.description = "training"
         return clipping.train_rnn(mode, threshold if mode else 1.0, lr=lr, steps=self.steps,
-                                  progress=self._tick)
+                                  progress=self.tick)
 
     def draw(self, r):
         steps = np.arange(len(r.losses))

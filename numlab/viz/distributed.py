@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import ipywidgets as widgets
@@ -118,8 +119,6 @@ def plot_batchnorm(ax, sweep: nd.BatchNormSweep):
 
 class StalenessExplorer(Explorer):
     figsize = (11, 4.2)
-    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
-    dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
 
     def __init__(self, controls, sweep: nd.StaleSweep, steps: int):
         self.sweep = sweep
@@ -179,9 +178,10 @@ class BatchNormExplorer(Explorer):
     figsize = (8, 4.2)
     slow = True  # a worker count not seen before launches processes and trains
 
-    def __init__(self, controls, cache: dict, runner, batches):
-        self.cache = cache
-        self.runner = runner
+    def __init__(self, controls, precomputed: dict, runner, batches):
+        self.precomputed = precomputed  # {world_size: BatchNormSweep} the reader passed in
+        # memoised like every other numlab cache: each worker count trains once
+        self.runner = runner if runner is _train else functools.lru_cache(maxsize=None)(runner)
         self.batches = tuple(batches)
         super().__init__(controls)
 
@@ -199,10 +199,10 @@ class BatchNormExplorer(Explorer):
         self.ax.legend(loc="lower right")
 
     def compute(self, per_device_batch, world_size):
-        if world_size not in self.cache:
-            self.status.value = f"training on {world_size} worker processes ..."
-            self.cache[world_size] = self.runner(world_size, self.batches)
-        sweep = self.cache[world_size]
+        sweep = self.precomputed.get(world_size)
+        if sweep is None:
+            self.progress.description = f"{world_size} workers"
+            sweep = self.runner(world_size, self.batches)
         return sweep, sweep.per_device_batch.index(per_device_batch)
 
     def draw(self, result):
@@ -219,7 +219,8 @@ class BatchNormExplorer(Explorer):
                 f"synchronised {100 * sweep.acc_sync[i]:.1f}% ({gap:+.1f} points)")
 
 
-def _train(world_size, batches):
+@functools.lru_cache(maxsize=8)
+def _train(world_size: int, batches: tuple) -> nd.BatchNormSweep:
     return nd.batchnorm_sync(world_size, batches)
 
 
@@ -233,13 +234,13 @@ def explore_batchnorm(per_device_batch: int = 2, world_size: int = 2, precompute
     """
     if isinstance(precomputed, nd.BatchNormSweep):
         precomputed = (precomputed,)
-    cache = {}
+    given = {}
     for sweep in precomputed:
         if not isinstance(sweep, nd.BatchNormSweep) or tuple(sweep.per_device_batch) != tuple(
                 batches):
             raise ValueError(f"precomputed must hold BatchNormSweep results for per-device "
                              f"batches {tuple(batches)}")
-        cache[sweep.world_size] = sweep
+        given[sweep.world_size] = sweep
     if per_device_batch not in batches:
         raise ValueError(f"per_device_batch must be one of {tuple(batches)}, got "
                          f"{per_device_batch!r}")
@@ -251,4 +252,4 @@ def explore_batchnorm(per_device_batch: int = 2, world_size: int = 2, precompute
                                                     continuous_update=False),
         "world_size": widgets.ToggleButtons(options=[2, 4], value=world_size,
                                             description="workers"),
-    }, cache, runner or _train, batches)
+    }, given, runner or _train, batches)

@@ -1,6 +1,7 @@
 """Drawing finite differences: error-vs-step curves and gradcheck heatmaps, and their widgets."""
 from __future__ import annotations
 
+import functools
 import warnings
 
 import ipywidgets as widgets
@@ -9,7 +10,7 @@ import torch
 from matplotlib.ticker import LogLocator, NullLocator
 
 from numlab import finite_diff, layers
-from numlab.formats import resolve_dtype, short_name
+from numlab.formats import short_name
 from numlab.viz._explorer import Explorer, grid_slider
 
 DTYPES = ["fp16", "bf16", "fp32", "fp64"]
@@ -106,9 +107,6 @@ class StepExplorer(Explorer):
     """Slide h and watch both estimates of f'(x): truncation on the right, rounding on the left."""
 
     figsize = (9, 4.6)
-    dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
-    backgrounds_kept = 8  # the background depends on the axis limits only
-    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
 
     def setup(self, fig):
         self.ax = fig.add_subplot()
@@ -116,7 +114,6 @@ class StepExplorer(Explorer):
         # A fixed title height (y given): matplotlib otherwise measures every decoration
         # above the axes on each full redraw to place it (a quarter of that redraw).
         self.ax.set_title(" ", y=1.0)
-        self._sweeps = {}
         # Blitting: axes, ticks and legend stay in a cached background while the limits do
         # not change; the curves, markers, lines and the title are redrawn on top.
         a = self.artists
@@ -128,17 +125,9 @@ class StepExplorer(Explorer):
         return (self.ax.get_xlim(), self.ax.get_ylim())
 
     def compute(self, func, x, dtype, h):
-        dt = resolve_dtype(dtype)
-        # A step below the smallest normal number of the format does not exist in it.
-        h = max(h, torch.finfo(dt).smallest_normal)
-        # The sweep depends on f, x and the format only: moving h reuses it.
-        key = (func, x, dt)
-        sweep = self._sweeps.get(key)
-        if sweep is None:
-            if len(self._sweeps) >= 64:
-                self._sweeps.clear()
-            sweep = self._sweeps[key] = finite_diff.sweep_h(func, x, dt)
-        point = finite_diff.sweep_h(func, x, dt, hs=[h], df=sweep.true)
+        sweep = _sweep(func, x, dtype)  # depends on f, x and the format only: h reuses it
+        point = finite_diff.sweep_h(func, x, sweep.dtype, hs=[finite_diff.usable_step(h, sweep.dtype)],
+                                    df=sweep.true)
         return sweep, point
 
     def draw(self, result):
@@ -154,6 +143,11 @@ class StepExplorer(Explorer):
             f"{r.best_central_h:.1e}; model h*: {r.forward_model.h_opt:.1e}, "
             f"{r.central_model.h_opt:.1e}; rule of thumb sqrt(eps) = {sq:.1e}, cbrt(eps) = {cb:.1e}."
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _sweep(func: str, x: float, dtype: str) -> finite_diff.SweepResult:
+    return finite_diff.sweep_h(func, x, dtype)
 
 
 def explore_step_size(func="exp", x=1.0, dtype="fp32", h=1e-4):
@@ -230,9 +224,6 @@ class GradcheckExplorer(Explorer):
     """Pick a layer (right or subtly wrong), a format and eps; see where the Jacobian disagrees."""
 
     figsize = (8, 5)
-    dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
-    backgrounds_kept = 8  # the background depends on the axis limits only
-    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
     n = 12
 
     def setup(self, fig):
@@ -249,11 +240,9 @@ class GradcheckExplorer(Explorer):
     def compute(self, layer, dtype, eps):
         name, wrong = layer
         fn, inputs = layers.problem(name, self.n, wrong=wrong, dtype=dtype)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            report = finite_diff.gradcheck(fn, inputs, eps=eps)
-        self.note = " ".join(str(w.message) for w in caught)
-        return report
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # shown in the status line (report.warnings)
+            return finite_diff.gradcheck(fn, inputs, eps=eps)
 
     def draw(self, report):
         self.artists.update(report)
@@ -267,7 +256,7 @@ class GradcheckExplorer(Explorer):
             for e in report.worst[:3]
         )
         color = "#070" if report.passed else "#c00"
-        note = f"<br><i>{self.note}</i>" if self.note else ""
+        note = f"<br><i>{' '.join(report.warnings)}</i>" if report.warnings else ""
         return (
             f"<b style='color:{color}'>{verdict}</b>: max abs error {report.max_abs_error:.1e}, "
             f"max rel error {report.max_rel_error:.1e}, Jacobian rel error "

@@ -43,8 +43,6 @@ class FormatExplorer(Explorer):
     """One number in one format: its bits as boxes, its stored value, its neighbours."""
 
     figsize = (10, 3.6)
-    compute_threads = 1  # small tensors: waking torch's thread pool costs more than the work
-    dpi = 80  # the browser scales the frame to the cell; PNG encoding is a third of a frame
 
     def setup(self, fig):
         self.ax_bits, self.ax_line = fig.subplots(2, 1, height_ratios=[1, 1.2])
@@ -69,11 +67,10 @@ class FormatExplorer(Explorer):
         (self.grid,) = ax.plot([], [], "|", color="0.3", markersize=30, label="representable")
         (self.stored,) = ax.plot([], [], "o", color=COLORS["exponent"], markersize=10, label="stored")
         (self.typed,) = ax.plot([], [], "x", color=COLORS["sign"], markersize=12, mew=3, label="typed")
-        # (below the legend's row: the legend is pasted as pixels on each redraw)
+        # (below the legend's row)
         self.note = ax.text(0.5, 0.55, "", transform=ax.transAxes, ha="center", va="center",
                             fontsize=12)
-        # (pad: the tall "representable" tick sticks out of the legend's box)
-        self.freeze(ax.legend(loc="upper right", ncols=3, frameon=False), pad=8)
+        ax.legend(loc="upper right", ncols=3, frameon=False)
         ax.set_ylim(-1, 2)
 
     def compute(self, dtype, x, magnitude=None):

@@ -1,6 +1,8 @@
 """Drawing mixed precision: gradient magnitudes against the formats, and training runs."""
 from __future__ import annotations
 
+import functools
+
 import ipywidgets as widgets
 import numpy as np
 
@@ -114,6 +116,7 @@ class MixedPrecisionExplorer(Explorer):
     """Train the demo model in one precision, with or without a GradScaler, and watch."""
 
     figsize = (12, 3.8)
+    slow = True  # trains on every change (a few hundred ms), with a progress bar
     steps = 80
     growth_interval = 10
     overflow_step = 40
@@ -130,39 +133,20 @@ class MixedPrecisionExplorer(Explorer):
             loss_scale=1.0, init_scale=1.0, growth_interval=1,
         )
         self.artists = plot_run(self.axes, empty, reference=empty)  # artists made once
-        self.references: dict[tuple, mp.TrainingRun] = {}
-        self.progress = _progress_bar()  # tqdm's widget bar, shown inside this explorer
-        self.progress_box = widgets.Box([self.progress.container])
-
-    def __init__(self, controls):
-        super().__init__(controls)
-        box, *rest = self.children
-        self.children = (box, self.progress_box, *rest)
-
-    def reference(self, device, loss_scale) -> mp.TrainingRun:
-        """The fp32 run for these settings (cached: it does not depend on the toggles)."""
-        key = (device, loss_scale)
-        if key not in self.references:
-            self.references[key] = mp.train("fp32", device=device, steps=self.steps,
-                                            loss_scale=loss_scale)
-        return self.references[key]
 
     def compute(self, precision, scaler, device, loss_scale, overflow):
-        reference = self.reference(device, loss_scale)
-        self.progress.reset(total=self.steps)
-        self.progress.set_description(f"training {precision}")
-        run = mp.train(
+        device = _device.pick(device).type  # one cache entry per real device
+        _reference(device, float(loss_scale), self.steps)  # trained before the bar moves
+        self.progress.description = f"training {precision}"
+        return mp.train(
             precision, scaler=scaler, device=device, steps=self.steps, loss_scale=loss_scale,
             growth_interval=self.growth_interval,
             overflow_at=(self.overflow_step,) if overflow else (),
-            progress=lambda step: self.progress.update(1),
+            progress=lambda step: self.tick(step + 1, self.steps),
         )
-        self.progress.refresh()
-        self.current_reference = reference
-        return run
 
     def draw(self, run):
-        a, ref = self.artists, self.current_reference
+        a, ref = self.artists, _reference(run.device, run.loss_scale, run.steps)
         steps = np.arange(run.steps)
         a["reference"].set_data(np.arange(ref.steps), _clean(ref.loss))
         a["loss"].set_data(steps, _clean(run.loss))
@@ -194,13 +178,10 @@ class MixedPrecisionExplorer(Explorer):
         )
 
 
-def _progress_bar():
-    # tqdm.auto picks this widget bar inside a Jupyter kernel; it is used explicitly because
-    # the bar always lives inside the explorer widget (JupyterLab, Voila, headless tests),
-    # and a widget bar never writes to stderr. Imported lazily: compute code never needs it.
-    from tqdm.notebook import tqdm
-
-    return tqdm(total=MixedPrecisionExplorer.steps, desc="training", display=False, leave=True)
+@functools.lru_cache(maxsize=16)
+def _reference(device: str, loss_scale: float, steps: int) -> mp.TrainingRun:
+    """The fp32 run the others are compared with: it does not depend on the toggles."""
+    return mp.train("fp32", device=device, steps=steps, loss_scale=loss_scale)
 
 
 def explore_mixed_precision(precision="fp16", scaler=False, device="auto", loss_scale=1e-5,

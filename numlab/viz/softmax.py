@@ -151,7 +151,6 @@ class SoftmaxView:
 class SoftmaxExplorer(Explorer):
     """Logits, naive vs stable probabilities and gradients, and a strip of where formats break."""
 
-    dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
 
     figsize = (10, 5.4)
 
@@ -309,7 +308,6 @@ def _curve(dtype: str, target: float) -> sm.BinarySweep:
 class BceExplorer(Explorer):
     """log(1 + e^z) vs the softplus form, and sigmoid-then-log BCE vs the fused one, at one z."""
 
-    dpi = 80  # the browser scales the frame to the cell; PNG encoding is most of a frame
 
     figsize = (10, 5.2)
     floor = 1e-17
