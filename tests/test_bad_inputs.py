@@ -21,6 +21,7 @@ from numlab import softmax as sm
 from numlab.clipping import clip, depth, rnn
 from numlab.debugging import anomaly, demos, pathologies, tools
 from numlab.distributed import batchnorm, ddp, jobs, launcher, stale, workers
+from numlab.mixed_precision import speed, training
 from numlab.softmax import breaks, forms, sweeps
 
 X = torch.randn(4, 3, dtype=torch.float64)
@@ -146,7 +147,8 @@ NOT_IN_TABLE = {"main", "Job", "NanGuard", "PairwiseDistance", "MaskedEntropy", 
                 # arguments its public entry point (run_many, ddp_equivalence, ...) checked
                 "rank_info", "fail_on", "die_on", "hang_on", "torch_syncbn_on_cpu", "ddp_train",
                 "bn_check", "bn_train"}
-MODULES = [formats, finite_diff, gradcheck, sm, forms, breaks, sweeps, clipping, depth, clip, rnn, mp,
+MODULES = [formats, finite_diff, gradcheck, sm, forms, breaks, sweeps, clipping, depth, clip, rnn,
+           mp, training, speed,
            distributed, launcher, ddp, batchnorm, stale, jobs, workers,
            debugging, tools, anomaly, demos, pathologies, device, layers, check]
 

@@ -1,4 +1,4 @@
-"""Mixed-precision training runs: autocast in fp16 or bf16, with or without a GradScaler.
+"""Training runs and gradient magnitudes: autocast in fp16 or bf16, with or without a GradScaler.
 
 A run trains a small fp32 model (the master weights stay fp32) whose forward and backward
 matmuls run in the chosen 16-bit format under ``torch.autocast(device_type, dtype=...)``.
@@ -176,8 +176,55 @@ def train(
     ``threads``: torch CPU threads during the run (restored afterwards); None leaves them.
     ``progress``: optional callable ``progress(step)`` called after each step.
     """
-    precision = resolve_precision(precision)
-    scaler = flag("scaler", scaler)
+    precision, scaler = resolve_precision(precision), flag("scaler", scaler)
+    overflow_at = _check_train_args(steps, seed, loss_scale, init_scale, lr, growth_interval,
+                                    growth_factor, backoff_factor, overflow_at, threads, progress)
+    dev = _check_device(precision, device, scaler)
+    model, x, y = demo_problem(seed, dev)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=lr / loss_scale)  # same steps for every loss_scale
+    grad_scaler = (
+        torch.amp.GradScaler(dev.type, init_scale=init_scale, growth_factor=growth_factor,
+                             backoff_factor=backoff_factor, growth_interval=growth_interval)
+        if scaler else None
+    )
+
+    def inject_overflow():
+        # In the output layer's weight: unlike a tanh unit, which saturates an inf weight
+        # back to +-1, this one cannot hide it.
+        params[-2].grad.view(-1)[0] = float("inf")
+
+    losses, scales, zeros, times, skipped, sample = [], [], [], [], [], None
+    with _device.threads(threads):
+        for step in range(steps):
+            reference = _fp32_grads(model, x, y, loss_scale)  # untimed
+            scales.append(float(grad_scaler.get_scale() if grad_scaler else 1.0))
+            _sync(dev)
+            start = time.perf_counter()
+            mse, grads = _amp_step(model, x, y, opt, _DTYPES[precision], grad_scaler, loss_scale,
+                                   inject=inject_overflow if step in overflow_at else None,
+                                   inspect=lambda: _flat_grads(params))
+            _sync(dev)
+            times.append(1e3 * (time.perf_counter() - start))
+            flushed = (grads == 0) & (reference != 0)
+            zeros.append(float(flushed.sum() / (reference != 0).sum().clamp(min=1)))
+            losses.append(float(mse.detach()))
+            if grad_scaler and not bool(torch.isfinite(grads).all()):
+                skipped.append(step)  # GradScaler.step skipped the update
+            sample = grads.abs().cpu().numpy() if sample is None else sample
+            if progress is not None:
+                progress(step)
+    return TrainingRun(
+        precision=precision, device=dev.type, scaler=scaler, loss=np.array(losses),
+        scale=np.array(scales), skipped=skipped, zero_fraction=np.array(zeros),
+        grad_sample=sample, step_ms=np.array(times), loss_scale=float(loss_scale),
+        init_scale=float(init_scale), growth_interval=growth_interval, overflow_at=overflow_at,
+    )
+
+
+def _check_train_args(steps, seed, loss_scale, init_scale, lr, growth_interval, growth_factor,
+                      backoff_factor, overflow_at, threads, progress) -> tuple[int, ...]:
+    """Check :func:`train`'s numbers; return ``overflow_at`` as a sorted tuple."""
     int_at_least("steps", steps)
     check_seed(seed)
     fp32_number("loss_scale", loss_scale, " (the loss is multiplied by it in float32)")
@@ -199,61 +246,32 @@ def train(
         int_at_least("threads", threads)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable progress(step) or None, got {progress!r}")
-    dev = _check_device(precision, device, scaler)
+    return overflow_at
 
-    model, x, y = demo_problem(seed, dev)
-    params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr / loss_scale)  # same steps for every loss_scale
-    grad_scaler = (
-        torch.amp.GradScaler(dev.type, init_scale=init_scale, growth_factor=growth_factor,
-                             backoff_factor=backoff_factor, growth_interval=growth_interval)
-        if scaler else None
-    )
-    dtype = _DTYPES[precision]
-    losses, scales, zeros, times, skipped = [], [], [], [], []
-    sample = None
-    with _device.threads(threads):
-        for step in range(steps):
-            reference = _fp32_grads(model, x, y, loss_scale)  # untimed
-            _sync(dev)
-            start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=dtype, enabled=precision != "fp32"):
-                mse = torch.nn.functional.mse_loss(model(x), y)  # autocast runs this in fp32
-            loss = mse * loss_scale
-            scale = grad_scaler.get_scale() if grad_scaler else 1.0
-            (grad_scaler.scale(loss) if grad_scaler else loss).backward()
-            if step in overflow_at:
-                # The injected overflow, in the output layer's weight: unlike a tanh unit,
-                # which saturates an inf weight back to +-1, this one cannot hide it.
-                params[-2].grad.view(-1)[0] = float("inf")
-            if grad_scaler:
-                grad_scaler.unscale_(opt)  # grads now hold loss_scale * dmse/dw, in fp32
-            grads = _flat_grads(params)
-            finite = bool(torch.isfinite(grads).all())
-            if grad_scaler:
-                grad_scaler.step(opt)  # skips the update when unscale_ found inf/NaN
-                grad_scaler.update()
-            else:
-                opt.step()
-            _sync(dev)
-            times.append(1e3 * (time.perf_counter() - start))
-            flushed = (grads == 0) & (reference != 0)
-            zeros.append(float(flushed.sum() / (reference != 0).sum().clamp(min=1)))
-            losses.append(float(mse.detach()))
-            scales.append(float(scale))
-            if grad_scaler and not finite:
-                skipped.append(step)
-            if sample is None:
-                sample = grads.abs().cpu().numpy()
-            if progress is not None:
-                progress(step)
-    return TrainingRun(
-        precision=precision, device=dev.type, scaler=scaler, loss=np.array(losses),
-        scale=np.array(scales), skipped=skipped, zero_fraction=np.array(zeros),
-        grad_sample=sample, step_ms=np.array(times), loss_scale=float(loss_scale),
-        init_scale=float(init_scale), growth_interval=growth_interval, overflow_at=overflow_at,
-    )
+
+def _amp_step(model, x, y, opt, dtype, scaler, loss_scale: float = 1.0, *, inject=None,
+              inspect=None):
+    """One mixed-precision training step, the recipe of torch's AMP documentation: forward
+    under ``torch.autocast`` (off for fp32), backward through the ``GradScaler`` if there is
+    one, ``unscale_``, then ``scaler.step`` (which skips the update when a gradient is inf or
+    NaN) and ``scaler.update``. ``inject()`` runs after backward (to plant an overflow);
+    ``inspect()`` sees the unscaled gradients before the update. Returns (mse, inspected)."""
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        mse = torch.nn.functional.mse_loss(model(x), y)  # autocast runs this in fp32
+    loss = mse * loss_scale
+    (scaler.scale(loss) if scaler else loss).backward()
+    if inject is not None:
+        inject()
+    if scaler:
+        scaler.unscale_(opt)  # grads now hold loss_scale * dmse/dw, in fp32
+    seen = inspect() if inspect is not None else None
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    return mse, seen
 
 
 # --- gradient magnitudes against the formats' ranges -------------------------------------
@@ -311,108 +329,3 @@ def gradient_magnitudes(
             zero_fp16=flushed(torch.float16, 1.0), zero_fp16_scaled=flushed(torch.float16, scale),
             zero_bf16=flushed(torch.bfloat16, 1.0),
         )
-
-
-# --- speed ---------------------------------------------------------------------------------
-@dataclass(frozen=True, repr=False)
-class StepTimes:
-    """Median time of one training step per precision, on one device."""
-
-    device: str
-    width: int
-    batch: int
-    ms: dict[str, float]  # precision -> median ms per step
-
-    def ratio(self, precision: str) -> float:
-        """Speed-up over fp32 (> 1 means faster than fp32)."""
-        return self.ms["fp32"] / self.ms[precision]
-
-    def __repr__(self):
-        parts = ", ".join(f"{p} {t:.2f} ms (x{self.ratio(p):.2f})" for p, t in self.ms.items())
-        return f"StepTimes({self.device}, MLP width {self.width}, batch {self.batch}: {parts})"
-
-
-def step_times(
-    precisions: Iterable = PRECISIONS, device="auto", width: int = 512, batch: int = 512,
-    steps: int = 10, warmup: int = 2, seed: int = 0, threads: int | None = 1,
-) -> StepTimes:
-    """Median wall time of one autocast training step (forward, backward, SGD) per precision.
-
-    A wider model than the demo's, so the matmuls dominate. fp32 is always measured (the
-    ratios are against it). Runs use ``torch.amp.GradScaler`` for fp16, none otherwise.
-    ``threads=1`` (the default) times one CPU core, which other work on a shared machine
-    disturbs least; ``None`` uses torch's default thread count. Ignored on GPUs.
-    """
-    if isinstance(precisions, str) or not isinstance(precisions, Iterable):
-        raise TypeError(f"precisions must be a collection of precisions, got {precisions!r}")
-    names = list(dict.fromkeys(["fp32", *(resolve_precision(p) for p in precisions)]))
-    int_at_least("steps", steps)
-    int_at_least("width", width)
-    int_at_least("batch", batch)
-    seed = check_seed(seed)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
-    devs = {name: _check_device(name, device, scaler=name == "fp16") for name in names}
-    dev = devs["fp32"]
-    ms = {}
-    with _device.threads(threads):
-        for name in names:
-            with _device.seeded(seed):
-                layers = [torch.nn.Linear(width, width), torch.nn.Tanh()] * 3  # shared weights
-                model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1)).to(dev)
-                x = torch.randn(batch, width).to(dev)
-                y = torch.randn(batch, 1).to(dev)
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-            scaler = torch.amp.GradScaler(dev.type) if name == "fp16" else None
-            times = []
-            for i in range(warmup + steps):
-                _sync(dev)
-                start = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast(dev.type, dtype=_DTYPES[name], enabled=name != "fp32"):
-                    loss = torch.nn.functional.mse_loss(model(x), y)
-                if scaler:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                _sync(dev)
-                if i >= warmup:
-                    times.append(1e3 * (time.perf_counter() - start))
-            ms[name] = float(np.median(times))
-    return StepTimes(device=dev.type, width=width, batch=batch, ms=ms)
-
-
-def speed_reading(ratios: dict[str, float], device="cpu") -> str:
-    """What measured speed-ups over fp32 (``{"bf16": x, "fp16": y}``) mean on this device,
-    in plain words: the text follows the numbers, so it is right on the reader's machine."""
-    dev = _device.pick(device)
-    if not isinstance(ratios, dict) or not set(ratios) <= {"bf16", "fp16"}:
-        raise TypeError(f"ratios must be a dict with keys 'bf16' and/or 'fp16', got {ratios!r}")
-    parts = []
-    for name in ("bf16", "fp16"):
-        if name not in ratios:
-            continue
-        r = positive_number(f"ratios[{name!r}]", ratios[name])
-        if r > 1.1:
-            parts.append(f"{name} is faster than fp32 here (x{r:.2f})")
-        elif r >= 0.9:
-            parts.append(f"{name} is about as fast as fp32 here (x{r:.2f})")
-        else:
-            parts.append(f"{name} is slower than fp32 here (x{r:.2f}, {1 / r:.0f} times the time)")
-    text = "; ".join(parts) + "."
-    if dev.type == "cuda":
-        return text + f" Measured on {torch.cuda.get_device_name(dev)}."
-    capability = torch.backends.cpu.get_cpu_capability()
-    if ratios.get("bf16", 1.0) < 0.9:
-        text += (f" This CPU ({capability}) has no fast bf16 matrix kernels, as on most laptops "
-                 "(AVX2 without AVX-512 bf16 or AMX): bf16 autocast is then slow, so use it here "
-                 "to see the numerics, not for speed.")
-    elif ratios.get("bf16", 1.0) > 1.1:
-        text += f" This CPU ({capability}) has fast bf16 matrix kernels (AVX-512 bf16 or AMX)."
-    if ratios.get("fp16", 1.0) < 0.9:
-        text += " CPUs have no fast fp16 kernels: fp16 pays off on GPUs with tensor cores."
-    return text
-
