@@ -13,7 +13,9 @@ it. The wrong versions hold mistakes people really make:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -205,3 +207,52 @@ def problem(name: str, n: int = 16, *, wrong: bool = False, dtype=torch.float64,
         w = torch.randn(n, DENSE_OUT, generator=gen, dtype=torch.float64) / n**0.5
         return fn, (x, w.to(dtype=dtype, device=device))
     return fn, (x,)
+
+
+@dataclass(frozen=True)
+class LayerVerdict:
+    """numlab's and torch's gradient check of one layer, in fp64 and (numlab only) in fp32."""
+
+    layer: str
+    passed_fp64: bool
+    torch_fp64: bool  # torch.autograd.gradcheck on the same inputs: the verdict to agree with
+    norm_rel_fp64: float
+    max_rel_fp64: float
+    passed_fp32: bool
+    norm_rel_fp32: float
+    max_rel_fp32: float
+
+
+def check_all(n: int = 16) -> list[LayerVerdict]:
+    """Every layer of :data:`LAYERS`, right and wrong, through numlab's gradcheck in fp64 and
+    fp32 and through ``torch.autograd.gradcheck`` in fp64 (fp32's "not float64" warning is
+    what this comparison is about, so it is not repeated here)."""
+    from numlab.gradcheck import gradcheck
+
+    problem("softplus", n)  # checks n once, for every layer
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, pair in LAYERS.items():
+            for wrong, fn in enumerate(pair):
+                _, inputs = problem(name, n, wrong=bool(wrong))
+                r64 = gradcheck(fn, inputs)
+                t64 = torch.autograd.gradcheck(fn, inputs, raise_exception=False)
+                r32 = gradcheck(fn, problem(name, n, wrong=bool(wrong), dtype="fp32")[1])
+                out.append(LayerVerdict(fn.__name__, r64.passed, bool(t64), r64.norm_rel_error,
+                                        r64.max_rel_error, r32.passed, r32.norm_rel_error,
+                                        r32.max_rel_error))
+    return out
+
+
+def verdict_table(verdicts: list[LayerVerdict]) -> str:
+    """:func:`check_all`'s verdicts as one fixed-width table, a row per layer."""
+    if not isinstance(verdicts, list) or not all(isinstance(v, LayerVerdict) for v in verdicts):
+        raise TypeError("verdicts must be the list that check_all returns")
+    lines = [f"{'layer':<30}{'numlab':>8}{'torch':>7}{'norm rel 64':>13}{'max rel 64':>12}"
+             f"{'fp32 verdict':>13}{'norm rel 32':>13}{'max rel 32':>12}"]
+    for v in verdicts:
+        lines.append(f"{v.layer:<30}{str(v.passed_fp64):>8}{str(v.torch_fp64):>7}"
+                     f"{v.norm_rel_fp64:>13.0e}{v.max_rel_fp64:>12.0e}{str(v.passed_fp32):>13}"
+                     f"{v.norm_rel_fp32:>13.0e}{v.max_rel_fp32:>12.0e}")
+    return "\n".join(lines)

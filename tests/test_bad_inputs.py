@@ -124,6 +124,8 @@ GOOD = {
     device.time_calls: dict(call=lambda: None, repeat=2, warmup=1),
     device.capabilities: dict(device="cpu"),
     layers.problem: dict(name="tanh", n=4, wrong=False, dtype="fp64", device="cpu", seed=0, scale=1.0),
+    layers.check_all: dict(n=4),
+    layers.verdict_table: dict(verdicts=[]),
     check.exercises: dict(notebook="00"),
     check.check: dict(exercise="00.1", answer=1.0),
 }

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from numlab import layers
 from numlab.layers import (
     LAYERS,
     LN_EPS,
@@ -110,3 +111,18 @@ def test_problem_refuses_bad_input(kwargs, match):
     args = {"name": "tanh", **kwargs}
     with pytest.raises(ValueError, match=match):
         problem(**args)
+
+
+def test_check_all_agrees_with_torch_and_fails_every_wrong_layer():
+    verdicts = layers.check_all(16)
+    assert [v.layer for v in verdicts] == [f.__name__ for pair in layers.LAYERS.values() for f in pair]
+    for v in verdicts:
+        assert v.passed_fp64 == v.torch_fp64, v  # torch's own gradcheck is the oracle
+        wrong = v.layer not in {pair[0].__name__ for pair in layers.LAYERS.values()}
+        assert v.passed_fp64 != wrong and (not wrong or not v.passed_fp32)
+        if not wrong:
+            assert v.norm_rel_fp64 < 1e-7 < v.norm_rel_fp32 < 1e-3  # fp64 digits vs fp32's
+    table = layers.verdict_table(verdicts).splitlines()
+    assert len(table) == 1 + len(verdicts) and table[1].split()[:3] == ["softplus", "True", "True"]
+    with pytest.raises(TypeError, match="verdicts"):
+        layers.verdict_table("softplus")

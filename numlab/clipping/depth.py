@@ -125,14 +125,7 @@ def gradient_norms_by_depth(depth: int, width: int = 64, gain: float = 1.0,
     v = v / v.norm(dim=1, keepdim=True)  # dL/dh_depth = v: unit norm for every sample
     x, v = x.to(dtype=dtype, device=device), v.to(dtype=dtype, device=device)
 
-    with threads(1):
-        hs = [x.requires_grad_(True)]
-        for w in weights:  # a loop over layers (<= a few hundred), not over data points
-            hs.append(act(hs[-1] @ w.T))
-        loss = (hs[-1] * v).sum()  # samples are independent: each row gets its own gradient
-        grads = torch.autograd.grad(loss, hs)
-    per_sample = torch.stack([g.detach().double().norm(dim=1) for g in grads])  # (depth+1, batch)
-    norms = per_sample.pow(2).mean(dim=1).sqrt().cpu()
+    norms = _backprop_norms(weights, act, x, v)
 
     rate = gain / math.sqrt(2.0) if nonlinearity == "relu" else gain
     layers = torch.arange(depth + 1)
@@ -143,6 +136,18 @@ def gradient_norms_by_depth(depth: int, width: int = 64, gain: float = 1.0,
         layers=layers, norms=norms, predicted=predicted, predicted_rate=rate,
         rate_kind=_RATE_KIND[nonlinearity], fitted_rate=fit_rate(distance, norms),
     )
+
+
+def _backprop_norms(weights, act, x, v) -> torch.Tensor:
+    """RMS over the batch of |dL/dh_l| at every layer, for ``L = sum(h_depth * v)``."""
+    with threads(1):
+        hs = [x.requires_grad_(True)]
+        for w in weights:  # a loop over layers (<= a few hundred), not over data points
+            hs.append(act(hs[-1] @ w.T))
+        loss = (hs[-1] * v).sum()  # samples are independent: each row gets its own gradient
+        grads = torch.autograd.grad(loss, hs)
+    per_sample = torch.stack([g.detach().double().norm(dim=1) for g in grads])  # (depth+1, batch)
+    return per_sample.pow(2).mean(dim=1).sqrt().cpu()
 
 
 def fit_rate(distance: torch.Tensor, norms: torch.Tensor) -> float:

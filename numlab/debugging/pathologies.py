@@ -91,21 +91,10 @@ def diagnose_curves(train_loss, val_loss, grad_norm=None, *, overlap: float | No
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                   or not value >= 0):
             raise ValueError(f"{name} must be a number >= 0 or None, got {value!r}")
+    blowup = _blowup(train, val, grad)
+    if blowup is not None:
+        return blowup
     signals: dict = {}
-    bad = ~(np.isfinite(train) & np.isfinite(val))
-    if grad is not None:
-        bad[: grad.size] |= ~np.isfinite(grad[: train.size])
-    if bad.any():
-        first = int(np.argmax(bad))
-        signals["first_nonfinite_eval"] = first
-        if grad is not None and first > 0 and grad[0] > 0:
-            signals["grad_growth"] = float(np.nanmax(grad[:first]) / grad[0])
-        return Diagnosis("numerical blow-up",
-                         f"loss or gradient became non-finite at evaluation {first}", signals)
-    if train.max() > 10 * train[0]:
-        signals["train_rise"] = float(train.max() / train[0])
-        return Diagnosis("numerical blow-up", f"training loss rose {signals['train_rise']:.3g}x "
-                         "above its start: the steps are too large for the curvature", signals)
     best = int(np.argmin(val))
     signals.update(train_drop=float(train[-1] / train[0]), val_best_eval=best,
                    val_rise=float(val[-1] / val[best]), val_gain=float(val[best] / val[0]),
@@ -128,6 +117,26 @@ def diagnose_curves(train_loss, val_loss, grad_norm=None, *, overlap: float | No
                          signals)
     return Diagnosis("healthy", "both curves fall together (if validation sits at or below a "
                      "memorised training loss, check the splits for a leak)", signals)
+
+
+def _blowup(train, val, grad) -> Diagnosis | None:
+    """Rule 1 of :func:`diagnose_curves`: a non-finite value, or training loss up 10x."""
+    signals: dict = {}
+    bad = ~(np.isfinite(train) & np.isfinite(val))
+    if grad is not None:
+        bad[: grad.size] |= ~np.isfinite(grad[: train.size])
+    if bad.any():
+        first = int(np.argmax(bad))
+        signals["first_nonfinite_eval"] = first
+        if grad is not None and first > 0 and grad[0] > 0:
+            signals["grad_growth"] = float(np.nanmax(grad[:first]) / grad[0])
+        return Diagnosis("numerical blow-up",
+                         f"loss or gradient became non-finite at evaluation {first}", signals)
+    if train.max() > 10 * train[0]:
+        signals["train_rise"] = float(train.max() / train[0])
+        return Diagnosis("numerical blow-up", f"training loss rose {signals['train_rise']:.3g}x "
+                         "above its start: the steps are too large for the curvature", signals)
+    return None
 
 
 def falls_while_val_rises(train_loss, val_loss) -> bool:
@@ -248,7 +257,8 @@ def pathology_run(pathology: str, *, steps: int | None = None, every: int = 5, s
         return _pathology_run(pathology, steps, every, seed, dtype, dev, small)
 
 
-def _pathology_run(pathology, steps, every, seed, dtype, dev, small):
+def _pathology_data(pathology, seed, dtype, small):
+    """Training, validation and fresh held-out sets as the run's pipelines deliver them."""
     gen = torch.Generator().manual_seed(seed)
     n_train = 40 if small else 400
     x_raw, y = _classification_data(n_train + 600, gen, 0.2 if small else 0.0, dtype)
@@ -269,9 +279,13 @@ def _pathology_run(pathology, steps, every, seed, dtype, dev, small):
         x_all, y_all = x_tr.repeat(8, 1)[order], y_tr.repeat(8)[order]
         half = len(order) // 2
         x_tr, y_tr, x_va, y_va = x_all[:half], y_all[:half], x_all[half:], y_all[half:]
-    overlap = split_overlap(x_tr, x_va)
-    shift = input_shift(x_tr, x_va)
-    x_tr, y_tr, x_va, y_va, x_fr, y_fr = (t.to(dev) for t in (x_tr, y_tr, x_va, y_va, x_fr, y_fr))
+    return x_tr, y_tr, x_va, y_va, x_fr, y_fr
+
+
+def _pathology_run(pathology, steps, every, seed, dtype, dev, small):
+    data = _pathology_data(pathology, seed, dtype, small)
+    overlap, shift = split_overlap(data[0], data[2]), input_shift(data[0], data[2])
+    x_tr, y_tr, x_va, y_va, x_fr, y_fr = (t.to(dev) for t in data)
 
     width = 128 if small else 64
     with seeded(seed):
@@ -311,12 +325,18 @@ def _pathology_run(pathology, steps, every, seed, dtype, dev, small):
             loss.backward()
             opt.step()
         norms = log.history
-    grad = np.full(len(evals), np.nan)
-    index = {int(s): i for i, s in enumerate(norms.steps)}
-    glob = norms.global_grad
-    for i, s in enumerate(evals):
-        if s in index and not (stopped is not None and s == stopped):
-            grad[i] = glob[index[s]]
+    grad = _grad_at(evals, norms, stopped)
     diagnosis = diagnose_curves(tr_l, va_l, grad, overlap=overlap, shift=shift)
     return CurveRun(pathology, np.array(evals), np.array(tr_l), np.array(va_l), np.array(fr_l),
                     np.array(acc), grad, np.array(zmax), norms, overlap, shift, stopped, diagnosis)
+
+
+def _grad_at(evals, norms: NormHistory, stopped) -> np.ndarray:
+    """The global gradient norm logged at each evaluated step (NaN where none was, or where
+    the run stopped before its backward pass)."""
+    grad = np.full(len(evals), np.nan)
+    index = {int(s): i for i, s in enumerate(norms.steps)}
+    for i, s in enumerate(evals):
+        if s in index and s != stopped:
+            grad[i] = norms.global_grad[index[s]]
+    return grad

@@ -181,45 +181,56 @@ def train(
                                     growth_factor, backoff_factor, overflow_at, threads, progress)
     dev = _check_device(precision, device, scaler)
     model, x, y = demo_problem(seed, dev)
-    params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr / loss_scale)  # same steps for every loss_scale
+    opt = torch.optim.SGD(model.parameters(), lr=lr / loss_scale)  # same steps for every loss_scale
     grad_scaler = (
         torch.amp.GradScaler(dev.type, init_scale=init_scale, growth_factor=growth_factor,
                              backoff_factor=backoff_factor, growth_interval=growth_interval)
         if scaler else None
     )
 
+    with _device.threads(threads):
+        record = _train_steps(model, x, y, opt, grad_scaler, _DTYPES[precision], loss_scale,
+                              steps, overflow_at, progress, dev)
+    return TrainingRun(
+        precision=precision, device=dev.type, scaler=scaler, loss=np.array(record["loss"]),
+        scale=np.array(record["scale"]), skipped=record["skipped"],
+        zero_fraction=np.array(record["zero"]), grad_sample=record["sample"],
+        step_ms=np.array(record["ms"]), loss_scale=float(loss_scale), init_scale=float(init_scale),
+        growth_interval=growth_interval, overflow_at=overflow_at,
+    )
+
+
+def _train_steps(model, x, y, opt, grad_scaler, dtype, loss_scale, steps, overflow_at, progress,
+                 dev) -> dict:
+    """The timed steps of :func:`train` and what each one did."""
+    params = list(model.parameters())
+
     def inject_overflow():
         # In the output layer's weight: unlike a tanh unit, which saturates an inf weight
         # back to +-1, this one cannot hide it.
         params[-2].grad.view(-1)[0] = float("inf")
 
-    losses, scales, zeros, times, skipped, sample = [], [], [], [], [], None
-    with _device.threads(threads):
-        for step in range(steps):
-            reference = _fp32_grads(model, x, y, loss_scale)  # untimed
-            scales.append(float(grad_scaler.get_scale() if grad_scaler else 1.0))
-            _sync(dev)
-            start = time.perf_counter()
-            mse, grads = _amp_step(model, x, y, opt, _DTYPES[precision], grad_scaler, loss_scale,
-                                   inject=inject_overflow if step in overflow_at else None,
-                                   inspect=lambda: _flat_grads(params))
-            _sync(dev)
-            times.append(1e3 * (time.perf_counter() - start))
-            flushed = (grads == 0) & (reference != 0)
-            zeros.append(float(flushed.sum() / (reference != 0).sum().clamp(min=1)))
-            losses.append(float(mse.detach()))
-            if grad_scaler and not bool(torch.isfinite(grads).all()):
-                skipped.append(step)  # GradScaler.step skipped the update
-            sample = grads.abs().cpu().numpy() if sample is None else sample
-            if progress is not None:
-                progress(step)
-    return TrainingRun(
-        precision=precision, device=dev.type, scaler=scaler, loss=np.array(losses),
-        scale=np.array(scales), skipped=skipped, zero_fraction=np.array(zeros),
-        grad_sample=sample, step_ms=np.array(times), loss_scale=float(loss_scale),
-        init_scale=float(init_scale), growth_interval=growth_interval, overflow_at=overflow_at,
-    )
+    record = {"loss": [], "scale": [], "zero": [], "ms": [], "skipped": [], "sample": None}
+    for step in range(steps):
+        reference = _fp32_grads(model, x, y, loss_scale)  # untimed
+        record["scale"].append(float(grad_scaler.get_scale() if grad_scaler else 1.0))
+        _sync(dev)
+        start = time.perf_counter()
+        mse, grads = _amp_step(model, x, y, opt, dtype, grad_scaler, loss_scale,
+                               inject=inject_overflow if step in overflow_at else None,
+                               inspect=lambda: _flat_grads(params))
+        _sync(dev)
+        record["ms"].append(1e3 * (time.perf_counter() - start))
+        flushed = (grads == 0) & (reference != 0)
+        record["zero"].append(float(flushed.sum() / (reference != 0).sum().clamp(min=1)))
+        record["loss"].append(float(mse.detach()))
+        if grad_scaler and not bool(torch.isfinite(grads).all()):
+            record["skipped"].append(step)  # GradScaler.step skipped the update
+        if record["sample"] is None:
+            record["sample"] = grads.abs().cpu().numpy()
+        if progress is not None:
+            progress(step)
+    return record
 
 
 def _check_train_args(steps, seed, loss_scale, init_scale, lr, growth_interval, growth_factor,

@@ -305,9 +305,34 @@ def _curve(dtype: str, target: float) -> sm.BinarySweep:
     return sm.sweep_bce(_Z_GRID, dtype, target=target)
 
 
+def _format_strip(ax):
+    """One row per format: where naive log(1 + e^z) is fine, off by more than 1%, or inf."""
+    strip = ax.add_collection(LineCollection([], linewidths=9))
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(-1.2e4, 1.2e4)
+    ax.set_xticks([-1e4, -1e2, -1, 0, 1, 1e2, 1e4], ["-1e4", "-100", "-1", "0", "1", "100", "1e4"])
+    ax.minorticks_off()
+    ax.set_ylim(-0.6, len(DTYPES) - 0.4)
+    ax.set_yticks(range(len(DTYPES)), DTYPES)
+    ax.invert_yaxis()
+    ax.set_title("log(1 + e^z) per format: fine (green), off by > 1% (orange), inf (red)",
+                 fontsize=11)
+    segments, colors = [], []
+    for row, d in enumerate(DTYPES):
+        health = _softplus_health(d)
+        # one segment per run of equal health, from its first z to the next run's first z
+        starts = np.flatnonzero(np.diff(health, prepend=-1))
+        ends = np.append(starts[1:], len(health) - 1)
+        for a, b in zip(starts, ends, strict=True):
+            segments.append([(_STRIP_Z[a], row), (_STRIP_Z[b], row)])
+            colors.append((OK, WARN, BAD)[health[a]])
+    strip.set_segments(segments)
+    strip.set_colors(colors)
+    return strip
+
+
 class BceExplorer(Explorer):
     """log(1 + e^z) vs the softplus form, and sigmoid-then-log BCE vs the fused one, at one z."""
-
 
     figsize = (10, 5.2)
     floor = 1e-17
@@ -344,29 +369,8 @@ class BceExplorer(Explorer):
                                                             transform=ax.transAxes))
         ax.legend(handles=[self.err_n, self.err_s, self.err_bad], loc="lower left", frameon=False,
                   fontsize=10, markerscale=3, title="relative error (left)", title_fontsize=10)
-        self.strip = self.ax_s.add_collection(LineCollection([], linewidths=9))
-        self.ax_s.set_xscale("symlog", linthresh=1.0)
-        self.ax_s.set_xlim(-1.2e4, 1.2e4)
-        self.ax_s.set_xticks([-1e4, -1e2, -1, 0, 1, 1e2, 1e4],
-                             ["-1e4", "-100", "-1", "0", "1", "100", "1e4"])
-        self.ax_s.minorticks_off()
-        self.ax_s.set_ylim(-0.6, len(DTYPES) - 0.4)
-        self.ax_s.set_yticks(range(len(DTYPES)), DTYPES)
-        self.ax_s.invert_yaxis()
-        self.ax_s.set_title("log(1 + e^z) per format: fine (green), off by > 1% (orange), "
-                            "inf (red)", fontsize=11)
+        self.strip = _format_strip(self.ax_s)
         self.s_line = self.animate(self.ax_s.axvline(1.0, color="k", lw=1.5, ls="--"))
-        segments, colors = [], []
-        for row, d in enumerate(DTYPES):
-            health = _softplus_health(d)
-            # one segment per run of equal health, from its first z to the next run's first z
-            starts = np.flatnonzero(np.diff(health, prepend=-1))
-            ends = np.append(starts[1:], len(health) - 1)
-            for a, b in zip(starts, ends, strict=True):
-                segments.append([(_STRIP_Z[a], row), (_STRIP_Z[b], row)])
-                colors.append((OK, WARN, BAD)[health[a]])
-        self.strip.set_segments(segments)
-        self.strip.set_colors(colors)
 
     def compute(self, magnitude, sign, target, dtype):
         z = magnitude if sign == "+" else -magnitude
