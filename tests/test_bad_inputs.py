@@ -19,7 +19,7 @@ from numlab import check, clipping, debugging, device, distributed, finite_diff,
 from numlab import mixed_precision as mp
 from numlab import softmax as sm
 from numlab.clipping import clip, depth, rnn
-from numlab.debugging import anomaly, demos, pathologies, tools
+from numlab.debugging import anomaly, demos, pathologies, tools, tracer
 from numlab.distributed import batchnorm, ddp, jobs, launcher, stale, workers
 from numlab.mixed_precision import speed, training
 from numlab.softmax import breaks, forms, sweeps
@@ -152,7 +152,7 @@ NOT_IN_TABLE = {"main", "Job", "NanGuard", "PairwiseDistance", "MaskedEntropy", 
 MODULES = [formats, finite_diff, gradcheck, sm, forms, breaks, sweeps, clipping, depth, clip, rnn,
            mp, training, speed,
            distributed, launcher, ddp, batchnorm, stale, jobs, workers,
-           debugging, tools, anomaly, demos, pathologies, device, layers, check]
+           debugging, tools, tracer, anomaly, demos, pathologies, device, layers, check]
 
 
 class Odd:

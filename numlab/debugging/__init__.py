@@ -3,9 +3,10 @@
 One module per concept, everything re-exported here (``numlab.debugging.NanGuard`` etc.):
 
 * :mod:`~numlab.debugging.tools`: :class:`GradNormLogger` (per-layer gradient and weight
-  norms through parameter hooks), :class:`NanGuard` (raises at the first non-finite loss)
-  and :func:`trace_nonfinite` (the first module whose forward output holds an inf or NaN,
-  which anomaly mode cannot tell: it only looks at the *backward* pass).
+  norms through parameter hooks) and :class:`NanGuard` (raises at the first non-finite loss);
+* :mod:`~numlab.debugging.tracer`: :func:`trace_nonfinite`, the first module whose forward
+  output holds an inf or NaN, which anomaly mode cannot tell: it only looks at the
+  *backward* pass.
 * :mod:`~numlab.debugging.anomaly`: :func:`anomaly_report` / :func:`anomaly_demo` run
   ``torch.autograd.detect_anomaly()`` on a genuine backward-only NaN and return the source
   line it blames; :func:`anomaly_overhead` measures its cost per training step.
@@ -41,15 +42,8 @@ from numlab.debugging.pathologies import (
     pathology_tables,
     split_overlap,
 )
-from numlab.debugging.tools import (
-    GradNormLogger,
-    NanGuard,
-    NonFiniteEvent,
-    NonFiniteTrace,
-    NormHistory,
-    TensorStats,
-    trace_nonfinite,
-)
+from numlab.debugging.tools import GradNormLogger, NanGuard, NormHistory
+from numlab.debugging.tracer import NonFiniteEvent, NonFiniteTrace, TensorStats, trace_nonfinite
 
 __all__ = [
     "NormHistory", "GradNormLogger", "NanGuard", "TensorStats", "NonFiniteEvent",
