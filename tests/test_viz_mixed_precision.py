@@ -199,4 +199,4 @@ def test_progress_bar_starts_from_zero_with_each_run(explorer):
     assert explorer.error is None
     assert seen[0] == 0 and seen[-1] == explorer.steps  # reset, then moved to the end
     assert sorted(seen[1:]) == seen[1:]  # forward only, step by step
-    assert len(seen) > explorer.steps // 2
+    assert 10 <= len(seen) <= 30  # visible progress, without a message per step

@@ -166,10 +166,15 @@ class Explorer(widgets.VBox):
         self.update()
 
     def tick(self, done: int, total: int | None = None) -> None:
-        """Called from ``compute`` of a slow widget: ``done`` of ``total`` steps finished."""
+        """Called from ``compute`` of a slow widget: ``done`` of ``total`` steps finished.
+
+        The bar moves in steps of at least 1/25 of the run: each move is a message to the
+        browser, and a tick per training step cost a quarter of a short run."""
         if total is not None:
             self.progress.max = max(1, int(total))
-        self.progress.value = min(int(done), self.progress.max)
+        done, top = min(int(done), self.progress.max), self.progress.max
+        if done == top or done - self.progress.value >= max(1, top // 25):
+            self.progress.value = done
 
     def update(self) -> None:
         """Recompute, redraw and re-render; on error keep the old figure and show why."""

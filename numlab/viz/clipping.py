@@ -73,10 +73,12 @@ class DepthExplorer(Explorer):
         self.ax.set_xlabel("layer l (0 = input, depth = output)")
         self.ax.set_ylabel("gradient norm")
         self.ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, frameon=False)
-        self.animate(self.measured, self.predicted)
+        # Blitting: the y axis (its ticks move with every gain) is drawn with the lines on
+        # top of a background that holds the frame, x axis and legend.
+        self.animate(self.measured, self.predicted, self.ax.yaxis)
 
     def background_key(self):
-        return (self.ax.get_xlim(), self.ax.get_ylim())
+        return self.ax.get_xlim()
 
     def compute(self, depth, gain, nonlinearity):
         return clipping.gradient_norms_by_depth(depth, 64, gain, nonlinearity)

@@ -72,6 +72,14 @@ class FormatExplorer(Explorer):
                             fontsize=12)
         ax.legend(loc="upper right", ncols=3, frameon=False)
         ax.set_ylim(-1, 2)
+        # Blitting: the boxes, the frame and the legend depend on the format only; what
+        # moves with x (digits, caption, markers, note and the number line's ticks) is drawn
+        # on top of them.
+        self.animate(*self.digits.values(), self.caption, self.grid, self.stored, self.typed,
+                     self.note, ax.xaxis)
+
+    def background_key(self):
+        return (self.controls["dtype"].value, self.ax_bits.get_xlim())
 
     def compute(self, dtype, x, magnitude=None):
         below, above = formats.neighbors(x, dtype)
