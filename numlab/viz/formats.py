@@ -72,14 +72,11 @@ class FormatExplorer(Explorer):
                             fontsize=12)
         ax.legend(loc="upper right", ncols=3, frameon=False)
         ax.set_ylim(-1, 2)
-        # Blitting: the boxes, the frame and the legend depend on the format only; what
-        # moves with x (digits, caption, markers, note and the number line's ticks) is drawn
-        # on top of them.
-        self.animate(*self.digits.values(), self.caption, self.grid, self.stored, self.typed,
-                     self.note, ax.xaxis)
-
-    def background_key(self):
-        return (self.controls["dtype"].value, self.ax_bits.get_xlim())
+        # Blitting: only the number line's frame and the legend stay in the background; the
+        # bit boxes, digits, caption, markers, note and the number line's ticks are drawn on
+        # top of it on every change of format or value.
+        self.animate(*self.boxes, *self.digits.values(), self.caption, self.grid, self.stored,
+                     self.typed, self.note, ax.xaxis)
 
     def compute(self, dtype, x, magnitude=None):
         below, above = formats.neighbors(x, dtype)
