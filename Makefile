@@ -5,12 +5,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# A second, small kernel environment with ipywidgets 7 (Colab's front end renders 7.x):
+# numlab, the test tools and ipywidgets 7, no JupyterLab. Built once, then reused.
+VENV7  := .venv-widgets7
+STAMP7 := $(VENV7)/.installed
 NB     ?= 00
 PORT   ?= 8888
 # JupyterLab refuses to run as root without --allow-root (containers, CI, some JupyterHubs).
 ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 
-.PHONY: lab test unit notebooks bench lint present doctor update clean
+.PHONY: lab test test-widgets7 unit notebooks bench lint present doctor update clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +29,19 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+	$(MAKE) test-widgets7
+
+$(STAMP7): pyproject.toml constraints.txt
+	test -x $(VENV7)/bin/python || $(PYTHON) -m venv $(VENV7)
+	$(VENV7)/bin/python -m pip install -q --upgrade pip
+	$(VENV7)/bin/python -m pip install -q -c constraints.txt 'ipywidgets>=7.7,<8' -e '.[test]'
+	touch $(STAMP7)
+
+# The headless widget tests and notebooks 00 and 03 under ipywidgets 7.
+test-widgets7: $(STAMP7)
+	$(VENV7)/bin/python -c "import ipywidgets, sys; sys.exit(not ipywidgets.__version__.startswith('7.'))"
+	$(VENV7)/bin/python -m pytest -q -m "not browser" tests/test_viz_*.py \
+		notebooks/00_floating_point.ipynb notebooks/03_stable_softmax.ipynb
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not browser"
@@ -48,4 +65,4 @@ update:
 	$(PYTHON) tools/update.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VENV7)

@@ -114,9 +114,15 @@ def _name(requirement: str) -> str:
 CONDA_NAMES = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
 
 
+def _requirements(project) -> list[str]:
+    """The dependencies and every extra's requirements, without numlab's own extras."""
+    extras = [r for reqs in project["optional-dependencies"].values() for r in reqs]
+    return project["dependencies"] + [r for r in extras if _name(r) != "numlab"]
+
+
 def test_environment_yml_and_pyproject_name_the_same_packages():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_names = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    pip_names = {_name(r) for r in _requirements(project)}
     lines = (ROOT / "environment.yml").read_text().splitlines()
     start = lines.index("dependencies:")
     conda = [ln.strip()[2:] for ln in lines[start + 1:] if ln.strip().startswith("- ")]
@@ -126,11 +132,21 @@ def test_environment_yml_and_pyproject_name_the_same_packages():
 
 def test_environment_yml_bounds_match_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    reqs = _requirements(project)
     env = (ROOT / "environment.yml").read_text()
     for req in reqs:
         bound = req[len(_name(req)):]
         assert bound in env, f"{req}: bound {bound!r} missing from environment.yml"
+
+
+def test_a_kernel_install_pulls_no_front_end_and_both_widget_lines():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    kernel = {_name(r) for r in project["dependencies"]}
+    assert kernel == {"torch", "numpy", "matplotlib", "ipywidgets"}
+    assert "ipywidgets>=7.7,<9" in project["dependencies"]  # Colab's front end renders 7.x
+    lab = {_name(r) for r in project["optional-dependencies"]["lab"]}
+    assert {"jupyterlab", "voila"} <= lab and not lab & kernel
+    assert "numlab[lab,test]" in project["optional-dependencies"]["dev"]
 
 
 def test_torch_pinned_for_installs_and_cpu_on_conda():

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from numlab.device import threads
 
 CHEAP_DPI = 80  # what a cheap widget renders at (see Explorer)
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 # Readable on a projector at the back of a room; used for every figure numlab draws.
 STYLE = {
@@ -235,13 +236,25 @@ class Explorer(widgets.VBox):
     def _repr_mimebundle_(self, **kwargs):
         # The live widget for JupyterLab/Voila, plus a static PNG of the current figure so a
         # notebook committed with outputs shows the figure on GitHub and nbviewer.
-        bundle = super()._repr_mimebundle_(**kwargs)
+        parent = getattr(super(), "_repr_mimebundle_", None)
+        if parent is not None:  # ipywidgets 8
+            bundle = parent(**kwargs)
+        else:  # ipywidgets 7 (Colab's front end) displays through _ipython_display_ instead
+            bundle = {"text/plain": repr(self), WIDGET_VIEW: {
+                "version_major": 2, "version_minor": 0, "model_id": self.model_id}}
         data = bundle[0] if isinstance(bundle, tuple) else bundle
         if data is not None:
             import base64
 
             data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
         return bundle
+
+    if hasattr(widgets.Widget, "_ipython_display_"):  # ipywidgets 7: the same bundle
+        def _ipython_display_(self, **kwargs):
+            from IPython.display import display
+
+            display(self._repr_mimebundle_(), raw=True)
+            self._handle_displayed(**kwargs)
 
 
 _UNSET = object()
