@@ -15,7 +15,18 @@ import pytest
 import torch
 from torch import nn
 
-from numlab import check, clipping, debugging, device, distributed, finite_diff, formats, gradcheck, layers
+from numlab import (
+    check,
+    clipping,
+    debugging,
+    device,
+    distributed,
+    finite_diff,
+    formats,
+    gradcheck,
+    layers,
+    links,
+)
 from numlab import mixed_precision as mp
 from numlab import softmax as sm
 from numlab.clipping import clip, depth, rnn
@@ -122,6 +133,10 @@ GOOD = {
     device.threads: dict(n=1),
     device.seeded: dict(seed=0),
     device.time_calls: dict(call=lambda: None, repeat=2, warmup=1),
+    links.colab_url: dict(path="notebooks/00_floating_point.ipynb"),
+    links.binder_lab_url: dict(path="notebooks/00_floating_point.ipynb"),
+    links.binder_voila_url: dict(path="notebooks/00_floating_point.ipynb"),
+    links.launch_line: dict(path="notebooks/00_floating_point.ipynb"),
     device.capabilities: dict(device="cpu"),
     layers.problem: dict(name="tanh", n=4, wrong=False, dtype="fp64", device="cpu", seed=0, scale=1.0),
     layers.check_all: dict(n=4),
@@ -141,7 +156,8 @@ LAUNCHERS = {
     distributed.run_workers: dict(fn=distributed.alive_pids, world_size=2, backend="gloo", timeout=30.0),
 }
 # Callables that are not argument-taking entry points (objects, layers, the torchrun main).
-NOT_IN_TABLE = {"main", "Job", "NanGuard", "PairwiseDistance", "MaskedEntropy", "LogCompress",
+NOT_IN_TABLE = {"main", "install_spec", "install_guard", "Job", "NanGuard", "PairwiseDistance",
+                "MaskedEntropy", "LogCompress",
                 "run_many", "available", "softplus", "softplus_wrong_sign", "layer_norm",
                 "layer_norm_forgot_mean", "tanh", "tanh_small_x", "dense_tanh",
                 "dense_tanh_forgot_activation", "WorkerError", "WorkerTimeout", "CPUSyncBatchNorm",
@@ -152,7 +168,7 @@ NOT_IN_TABLE = {"main", "Job", "NanGuard", "PairwiseDistance", "MaskedEntropy", 
 MODULES = [formats, finite_diff, gradcheck, sm, forms, breaks, sweeps, clipping, depth, clip, rnn,
            mp, training, speed,
            distributed, launcher, ddp, batchnorm, stale, jobs, workers,
-           debugging, tools, tracer, anomaly, demos, pathologies, device, layers, check]
+           debugging, tools, tracer, anomaly, demos, pathologies, device, layers, check, links]
 
 
 class Odd:

@@ -284,3 +284,19 @@ def test_speed_reading_follows_the_numbers():
     slow = mp.speed_reading({"bf16": 0.08}, "cpu")  # an AVX2 laptop
     assert "bf16 is slower than fp32 here (x0.08" in slow and "most laptops" in slow
     assert "about as fast" in mp.speed_reading({"fp16": 1.0}, "cpu")
+    assert "AMX-FP16" in mp.speed_reading({"fp16": 0.97}, "cpu")  # a CPU with fp16 kernels
+    assert "no fast fp16" in mp.speed_reading({"fp16": 0.07}, "cpu")
+
+
+@pytest.mark.parametrize("name, capability, fp16, bf16", [
+    ("Tesla T4", (7, 5), True, False),   # Colab's free GPU: fp16 tensor cores only
+    ("NVIDIA A100-SXM4-40GB", (8, 0), True, True),
+    ("Tesla P100-PCIE-16GB", (6, 0), False, False),
+])
+def test_gpu_reading_names_the_tensor_cores_by_architecture(name, capability, fp16, bf16):
+    from numlab.mixed_precision.speed import _gpu_reading
+
+    text = _gpu_reading(name, capability)
+    assert name in text and f"{capability[0]}.{capability[1]}" in text
+    assert ("it has fp16 tensor cores" in text) == fp16
+    assert ("and has bf16 tensor cores" in text) == bf16

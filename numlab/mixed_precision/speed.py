@@ -103,7 +103,8 @@ def speed_reading(ratios: dict[str, float], device="cpu") -> str:
             parts.append(f"{name} is slower than fp32 here (x{r:.2f}, {1 / r:.0f} times the time)")
     text = "; ".join(parts) + "."
     if dev.type == "cuda":
-        return text + f" Measured on {torch.cuda.get_device_name(dev)}."
+        return text + " " + _gpu_reading(torch.cuda.get_device_name(dev),
+                                         torch.cuda.get_device_capability(dev))
     capability = torch.backends.cpu.get_cpu_capability()
     if ratios.get("bf16", 1.0) < 0.9:
         text += (f" This CPU ({capability}) has no fast bf16 matrix kernels, as on most laptops "
@@ -112,5 +113,21 @@ def speed_reading(ratios: dict[str, float], device="cpu") -> str:
     elif ratios.get("bf16", 1.0) > 1.1:
         text += f" This CPU ({capability}) has fast bf16 matrix kernels (AVX-512 bf16 or AMX)."
     if ratios.get("fp16", 1.0) < 0.9:
-        text += " CPUs have no fast fp16 kernels: fp16 pays off on GPUs with tensor cores."
+        text += (" This CPU has no fast fp16 matrix kernels, like most CPUs: fp16 pays off on "
+                 "GPUs with tensor cores.")
+    elif "fp16" in ratios:
+        text += (" This CPU runs fp16 matrices about as fast as fp32 or faster (AVX-512 FP16 or "
+                 "AMX-FP16, found on recent server CPUs); most laptops do not.")
     return text
+
+
+def _gpu_reading(name: str, capability: tuple[int, int]) -> str:
+    """What the GPU's architecture offers each format (NVIDIA: tensor cores for fp16 from
+    compute capability 7.0, Volta/Turing; for bf16 from 8.0, Ampere). torch may still accept
+    bf16 on an older GPU (``torch.cuda.is_bf16_supported()`` can say yes) and run it without
+    tensor cores: the measured ratios above are what counts."""
+    major, minor = capability
+    fp16 = "has" if major >= 7 else "has no"
+    bf16 = "has" if major >= 8 else "has no"
+    return (f"Measured on {name} (compute capability {major}.{minor}): it {fp16} fp16 tensor "
+            f"cores and {bf16} bf16 tensor cores.")
