@@ -29,8 +29,8 @@ def notebooks() -> list[pathlib.Path]:
     return sorted(folder.glob("*.ipynb")) + sorted((folder / "solutions").glob("*.ipynb"))
 
 
-def fix_notebook(nb) -> None:
-    path = nb.metadata["numlab_path"]
+def fix_notebook(nb, path: str) -> None:
+    """Put the launch line for ``path`` (relative to the repository) and the guard into ``nb``."""
     first_md = next(c for c in nb.cells if c.cell_type == "markdown")
     lines = first_md.source.splitlines()
     at = next((i for i, line in enumerate(lines[:3]) if line.startswith("[Open in Colab]")), None)
@@ -69,9 +69,7 @@ def main(argv: list[str]) -> int:
     for path in notebooks():
         nb = nbformat.read(path, as_version=4)
         before = nbformat.writes(nb)
-        nb.metadata["numlab_path"] = path.relative_to(ROOT).as_posix()
-        fix_notebook(nb)
-        del nb.metadata["numlab_path"]
+        fix_notebook(nb, path.relative_to(ROOT).as_posix())
         if nbformat.writes(nb) != before:
             stale.append(path.relative_to(ROOT).as_posix())
             if not check:

@@ -109,8 +109,9 @@ class Explorer(widgets.VBox):
             width="100%", max_width="1100px", max_height="55vh", object_fit="contain"))
         self.status = widgets.HTML(layout=widgets.Layout(min_height="1.6em"))
         self.errors = widgets.Output(layout=widgets.Layout(border="0px"))
+        # only slow widgets have a bar: every change of its value is a message to the browser
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="working",
-                                            layout=widgets.Layout(width="300px"))
+                                            layout=widgets.Layout(width="300px")) if self.slow else None
         with mpl.rc_context(STYLE):
             self.setup(self.fig)
         box = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
@@ -139,9 +140,6 @@ class Explorer(widgets.VBox):
         self.fig = None  # the explorer held the only reference
         self.__dict__.pop("_background", None)
         self.moving = ()
-        if not self.slow:  # the bar is not among the children: close it and its parts here
-            for part in (self.progress, *_descendants(self.progress)):
-                part.close()
         super().close()
         self.layout.close()
 
@@ -180,11 +178,13 @@ class Explorer(widgets.VBox):
     def update(self) -> None:
         """Recompute, redraw and re-render; on error keep the old figure and show why."""
         start = time.perf_counter()
-        self.progress.value = 0  # each run starts its bar from the left
+        if self.slow:
+            self.progress.value = 0  # each run starts its bar from the left
         try:
             with threads(None if self.slow else 1):
                 result = self.compute(**self.values)
-            self.progress.value = self.progress.max
+            if self.slow:
+                self.progress.value = self.progress.max
             with mpl.rc_context(STYLE):
                 status = self.draw(result)
             self.image.value = self.render_png()
