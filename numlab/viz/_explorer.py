@@ -9,8 +9,11 @@ them) and kept in ``.error``; the latest good result is ``.result``.
 """
 from __future__ import annotations
 
+import base64
+import html
 import io
 import math
+import re
 import struct
 import time
 import traceback
@@ -24,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from numlab.device import threads
+from numlab.viz.alt import describe
 
 CHEAP_DPI = 80  # what a cheap widget renders at (see Explorer)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -42,13 +46,16 @@ STYLE = {
 
 
 class NotebookFigure(Figure):
-    """A Figure that shows itself as a PNG when it ends a notebook cell (no pyplot needed)."""
+    """A Figure that shows itself as a PNG, with alt text, when it ends a notebook cell
+    (no pyplot needed)."""
 
-    def _repr_png_(self):
+    def _repr_mimebundle_(self, **kwargs):
         buf = io.BytesIO()
         # Fast PNG compression: the image only travels to the browser next door.
         self.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
-        return buf.getvalue()
+        data = {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                "text/plain": repr(self)}
+        return data, {"image/png": {"alt": describe(self)}}
 
 
 def new_figure(figsize=(9, 4), **kwargs) -> NotebookFigure:
@@ -242,18 +249,24 @@ class Explorer(widgets.VBox):
         else:  # ipywidgets 7 (Colab's front end) displays through _ipython_display_ instead
             bundle = {"text/plain": repr(self), WIDGET_VIEW: {
                 "version_major": 2, "version_minor": 0, "model_id": self.model_id}}
-        data = bundle[0] if isinstance(bundle, tuple) else bundle
-        if data is not None:
-            import base64
+        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
+        if data is None:
+            return bundle
+        data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        return data, {**(meta or {}), "image/png": {"alt": self.alt_text()}}
 
-            data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
-        return bundle
+    def alt_text(self) -> str:
+        """What the current frame shows, in words: the figure's description and the status
+        line (which states the result drawn)."""
+        status = " ".join(re.sub(r"<[^>]+>", "", html.unescape(self.status.value)).split())
+        return describe(self.fig) + (f" {status}" if status else "")
 
     if hasattr(widgets.Widget, "_ipython_display_"):  # ipywidgets 7: the same bundle
         def _ipython_display_(self, **kwargs):
             from IPython.display import display
 
-            display(self._repr_mimebundle_(), raw=True)
+            data, metadata = self._repr_mimebundle_()
+            display(data, metadata=metadata, raw=True)
             self._handle_displayed(**kwargs)
 
 
