@@ -1,5 +1,6 @@
 # The two commands a newcomer needs:   make lab    make test
-# Everything else: make notebooks, make bench, make lint, make present NB=03, make doctor, make update
+# Everything else: make notebooks, make bench, make lint, make present NB=03, make doctor, make update,
+#                  make book (the web book, into _build/html)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,11 +11,12 @@ STAMP  := $(VENV)/.installed
 VENV7  := .venv-widgets7
 STAMP7 := $(VENV7)/.installed
 NB     ?= 00
+BOOK   ?= _build
 PORT   ?= 8888
 # JupyterLab refuses to run as root without --allow-root (containers, CI, some JupyterHubs).
 ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 
-.PHONY: lab test test-widgets7 unit notebooks bench lint present doctor update clean
+.PHONY: lab test test-widgets7 unit notebooks bench lint present doctor update book clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +60,10 @@ lint: $(STAMP)
 present: $(STAMP)
 	$(BIN)/voila $$(ls notebooks/$(NB)_*.ipynb | head -n 1) --port=$(PORT)
 
+# The web book: the committed notebooks (not re-executed) as a static site in $(BOOK)/html
+book: $(STAMP)
+	$(BIN)/python tools/book.py $(BOOK)
+
 doctor: $(STAMP)
 	$(BIN)/python -m numlab doctor
 
@@ -65,4 +71,4 @@ update:
 	$(PYTHON) tools/update.py
 
 clean:
-	rm -rf $(VENV) $(VENV7)
+	rm -rf $(VENV) $(VENV7) _build

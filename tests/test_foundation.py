@@ -108,7 +108,7 @@ def test_every_notebook_with_exercises_has_solutions_that_compute():
 
 # --- packaging -----------------------------------------------------------------------------
 def _name(requirement: str) -> str:
-    return re.split(r"[\s<>=!\[;]", requirement.strip(), maxsplit=1)[0].lower()
+    return re.split(r"[\s<>=!\[;:]", requirement.strip(), maxsplit=1)[0].lower()
 
 
 CONDA_NAMES = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
@@ -146,7 +146,7 @@ def test_a_kernel_install_pulls_no_front_end_and_both_widget_lines():
     assert "ipywidgets>=7.7,<9" in project["dependencies"]  # Colab's front end renders 7.x
     lab = {_name(r) for r in project["optional-dependencies"]["lab"]}
     assert {"jupyterlab", "voila"} <= lab and not lab & kernel
-    assert "numlab[lab,test]" in project["optional-dependencies"]["dev"]
+    assert "numlab[lab,test,book]" in project["optional-dependencies"]["dev"]
 
 
 def test_torch_pinned_for_installs_and_cpu_on_conda():

@@ -52,7 +52,7 @@ def readme_block() -> str:
     for p in sorted((ROOT / "notebooks").glob("*.ipynb")):
         rel = p.relative_to(ROOT).as_posix()
         rows.append(
-            f"| {p.stem} | [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"| {p.stem} | [Open in Colab]"
             f"({links.colab_url(rel)}) | [JupyterLab]({links.binder_lab_url(rel)}) | "
             f"[lecture mode]({links.binder_voila_url(rel)}) |")
     return "\n".join([BEGIN, *rows, END])
