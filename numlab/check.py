@@ -2,13 +2,18 @@
 
 ``check("00.1", answer)`` compares a reader's answer with the value the library computes
 for that exercise and returns a truthy/falsy :class:`Verdict` that displays itself. The
-expected value is never shown on a wrong answer; a hint is. Each notebook's exercises
-live in ``numlab/exercises/nbNN.py`` as a dict ``EXERCISES`` of :class:`Exercise`.
+expected value is never shown on a wrong answer; a hint is, in tiers: a nudge on the first
+wrong answer, the method on the next ones. Each notebook's exercises live in
+``numlab/exercises/nbNN.py`` as a dict ``EXERCISES`` of :class:`Exercise`.
+
+:func:`matches` is the comparison itself; the classroom assignments' hidden tests
+(``tools/assignments.py``) call it with the value computed when the assignment was made.
 """
 from __future__ import annotations
 
 import importlib
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +21,18 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Exercise:
-    """One question: ``expected()`` computes the answer; floats compare within ``rtol``."""
+    """One question: ``expected()`` computes the answer; floats compare within ``rtol``.
+
+    ``hints`` are (nudge, method): the nudge says what to think about, the method how to
+    work it out; neither holds the answer or the call that computes it. ``points`` is what
+    the exercise is worth in the graded assignment.
+    """
 
     prompt: str
     expected: Callable[[], Any]
     rtol: float = 1e-6
-    hint: str = ""
+    hints: tuple[str, ...] = ()
+    points: int = 1
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,14 @@ def exercises(notebook: str) -> dict[str, Exercise]:
     except ModuleNotFoundError:
         raise ValueError(f"notebook {notebook!r} has no exercises") from None
     return module.EXERCISES
+
+
+def matches(answer, expected, rtol: float = 1e-6) -> bool:
+    """Whether ``answer`` counts as ``expected``: floats within relative ``rtol`` (nan matches
+    nan, inf only itself), bools and strings exactly, tuples and lists entry by entry."""
+    if isinstance(rtol, bool) or not isinstance(rtol, int | float) or not 0 <= rtol < 1:
+        raise ValueError(f"rtol must be a number in [0, 1), got {rtol!r}")
+    return _matches(answer, expected, rtol)
 
 
 def _matches(answer, expected, rtol: float) -> bool:
@@ -82,7 +101,15 @@ def check(exercise: str, answer) -> Verdict:
     item = table[exercise]
     ok = _matches(answer, item.expected(), item.rtol)
     if ok:
-        message = f"✓ {exercise}: correct."
-    else:
-        message = f"✗ {exercise}: not yet ({answer!r})." + (f" Hint: {item.hint}" if item.hint else "")
-    return Verdict(exercise, ok, message)
+        return Verdict(exercise, True, f"✓ {exercise}: correct.")
+    _wrong[exercise] += 1
+    message = f"✗ {exercise}: not yet ({answer!r})."
+    if item.hints:
+        tier = min(_wrong[exercise], len(item.hints))
+        message += f" Hint {tier} of {len(item.hints)}: {item.hints[tier - 1]}"
+        if tier < len(item.hints):
+            message += " (Check again for the method.)"
+    return Verdict(exercise, False, message)
+
+
+_wrong: Counter[str] = Counter()  # wrong answers per exercise in this kernel: which hint is next

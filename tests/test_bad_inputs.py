@@ -143,6 +143,7 @@ GOOD = {
     layers.verdict_table: dict(verdicts=[]),
     check.exercises: dict(notebook="00"),
     check.check: dict(exercise="00.1", answer=1.0),
+    check.matches: dict(answer=1.0, expected=1.0, rtol=1e-6),
 }
 # Launch real worker processes: their arguments are checked before any process starts, and
 # each bad value must be refused there (a launch costs seconds; it is never reached here).
@@ -206,8 +207,8 @@ def _out_of_range(good):
     return []
 
 
-# A student's answer may be anything: check() gives a verdict, never an error.
-ANY_VALUE = {(check.check, "answer")}
+# A student's answer may be anything: check() and matches() give a verdict, never an error.
+ANY_VALUE = {(check.check, "answer"), (check.matches, "answer"), (check.matches, "expected")}
 
 
 def _cases(table, launch=False):

@@ -1,5 +1,6 @@
 """The project's own machinery: device picking, doctor, check, packaging, import cost."""
 import json
+import math
 import pathlib
 import re
 import subprocess
@@ -77,10 +78,73 @@ def test_lazy_submodules_and_a_clear_error_for_typos():
 
 # --- check ---------------------------------------------------------------------------------
 def test_check_accepts_the_computed_answer_and_rejects_others():
+    check_mod._wrong.clear()
     good = check("00.2", 2**24)
     assert good and "correct" in repr(good)
     bad = check("00.2", 2**23)
     assert not bad and "Hint" in repr(bad) and str(2**24) not in repr(bad)
+
+
+def test_hints_come_in_tiers_nudge_then_method():
+    check_mod._wrong.clear()
+    nudge, method = exercises("04")["04.1"].hints
+    first, second, third = (repr(check("04.1", 0.5)) for _ in range(3))
+    assert "Hint 1 of 2" in first and nudge in first and method not in first
+    assert "Hint 2 of 2" in second and method in second and nudge not in second
+    assert third == second  # the method stays the last word
+    assert "Hint 1 of 2" in repr(check("04.2", 1.0))  # each exercise counts its own asks
+
+
+def _spellings(value) -> set[str]:
+    """Ways an answer could be written in a hint: repr, %g forms, 2**k for powers of two."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return {str(value)}
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return set()
+    if value == int(value) and abs(value) < 10:
+        return set()  # small whole numbers (0..9) occur in any sentence; nothing to look for
+    out = {repr(value), f"{value:g}", f"{value:.3g}", f"{value:.4g}"}
+    mantissa, exponent = math.frexp(value)
+    if mantissa == 0.5:
+        out.add(f"2**{exponent - 1}")
+    return out
+
+
+def _calls(fn) -> set[str]:
+    """numlab functions the expected-value code calls, directly or through a helper."""
+    out = set()
+    for name in fn.__code__.co_names:
+        target = fn.__globals__.get(name)
+        if callable(target) and getattr(target, "__module__", "").startswith("numlab"):
+            out.add(name)
+            if getattr(target, "__module__", "").startswith("numlab.exercises"):
+                out |= _calls(target)
+    return out
+
+
+@pytest.mark.parametrize("nn", ["00", "01", "02", "03", "04", "05", "06"])
+def test_hints_do_not_give_the_answer_away(nn):
+    for key, item in exercises(nn).items():
+        assert len(item.hints) == 2, f"{key}: hints are (nudge, method)"
+        expected = item.expected()
+        values = expected if isinstance(expected, tuple | list) else [expected]
+        for tier, hint in enumerate(item.hints, 1):
+            for value in values:
+                for spelling in _spellings(value):
+                    assert not re.search(rf"(?<![\w.*]){re.escape(spelling)}(?![\w.])", hint), (
+                        f"{key} hint {tier} spells the answer {spelling}")
+            for name in _calls(item.expected):
+                assert f"{name}(" not in hint, f"{key} hint {tier} names the call {name}()"
+        assert item.points >= 1
+
+
+def test_matches_is_the_comparison_the_hidden_tests_use():
+    assert check_mod.matches(1.0005, 1.0, rtol=1e-3) and not check_mod.matches(1.01, 1.0, rtol=1e-3)
+    assert check_mod.matches(float("nan"), float("nan")) and not check_mod.matches(1.0, float("inf"))
+    assert check_mod.matches((1, "MulBackward0"), (1.0, "MulBackward0"), rtol=0)
+    for bad in (-1e-3, 1.0, "0.1", True):
+        with pytest.raises(ValueError, match="rtol"):
+            check_mod.matches(1.0, 1.0, rtol=bad)
 
 
 def test_check_compares_floats_within_rtol_and_handles_non_numbers():
@@ -103,7 +167,15 @@ def test_every_notebook_with_exercises_has_solutions_that_compute():
         assert table, f"{module} has no exercises"
         for item in table.values():
             item.expected()  # each expected value is computed, and computing it works
-        assert list((ROOT / "notebooks" / "solutions").glob(f"{nn}_*_solutions.ipynb")), nn
+        (topic,) = (ROOT / "notebooks").glob(f"{nn}_*.ipynb")
+        (solutions,) = (ROOT / "notebooks" / "solutions").glob(f"{nn}_*_solutions.ipynb")
+        topic_code, solution_code = (
+            "\n".join("".join(c["source"]) for c in json.loads(p.read_text())["cells"]
+                      if c["cell_type"] == "code")
+            for p in (topic, solutions))
+        for key in table:  # a cell to answer it in, and a worked solution that checks itself
+            assert f'check("{key}", my_answer)' in topic_code, f"{topic.name}: no cell for {key}"
+            assert f'assert check("{key}", ' in solution_code, f"{solutions.name}: {key}"
 
 
 # --- packaging -----------------------------------------------------------------------------
@@ -146,7 +218,7 @@ def test_a_kernel_install_pulls_no_front_end_and_both_widget_lines():
     assert "ipywidgets>=7.7,<9" in project["dependencies"]  # Colab's front end renders 7.x
     lab = {_name(r) for r in project["optional-dependencies"]["lab"]}
     assert {"jupyterlab", "voila"} <= lab and not lab & kernel
-    assert "numlab[lab,test,book]" in project["optional-dependencies"]["dev"]
+    assert "numlab[lab,test,book,course]" in project["optional-dependencies"]["dev"]
 
 
 def test_torch_pinned_for_installs_and_cpu_on_conda():

@@ -24,36 +24,56 @@ EXERCISES = {
                "a gradient of norm 1 at the output: the gradient norm at the input.",
         expected=lambda: gradient_norms_by_depth(30, 64, 1.2, "linear").input_norm,
         rtol=1e-3,
-        hint="Each orthogonal layer scaled by the gain multiplies the norm by exactly the gain.",
+        hints=(
+            "The backward pass multiplies by each layer's transpose once; what does one such layer "
+            "do to the norm?",
+            "Each orthogonal layer scaled by the gain multiplies the norm by exactly the gain.",
+        ),
     ),
     "02.2": Exercise(
         prompt="The gradient (3, 4, 12) clipped by value at 1: its cosine to the original.",
         expected=lambda: clip_comparison(torch.tensor([3.0, 4.0, 12.0]), 1.0).cos_by_value,
         rtol=1e-4,
-        hint="Every entry becomes 1; the cosine is g.c / (|g| |c|).",
+        hints=(
+            "Clipping by value changes each entry separately, so the direction changes too; how "
+            "much?",
+            "Every entry becomes 1; the cosine is g.c / (|g| |c|).",
+        ),
     ),
     "02.3": Exercise(
         prompt="The smallest depth at which a linear stack with gain 1.5 (width 64) produces a "
                "non-finite gradient in fp16.",
         expected=_first_fp16_overflow_depth,
         rtol=0,
-        hint="fp16 overflows when one entry passes 65504; the norm of a 64-entry vector can "
-             "exceed that while every entry is finite. Try depths from 27 upwards.",
+        hints=(
+            "A non-finite gradient appears as soon as a single number passes fp16's largest finite "
+            "value.",
+            "fp16 overflows when one entry passes 65504; the norm of a 64-entry vector can "
+            "exceed that while every entry is finite. Try depths from 27 upwards.",
+        ),
     ),
     "02.4": Exercise(
         prompt="In the unclipped toy RNN run (train_rnn(None)), the first step whose gradient "
                "norm is 1e12 or more.",
         expected=_first_step_above,
         rtol=0,
-        hint="The run records one gradient norm per step, counted from 0; the first one past "
-             "1e12 is the answer.",
+        hints=(
+            "Without clipping the norm grows by about the same factor every step; find when it "
+            "crosses 1e12.",
+            "The run records one gradient norm per step, counted from 0; the first one past "
+            "1e12 is the answer.",
+        ),
     ),
     "02.5": Exercise(
         prompt="Among the thresholds 0.1, 0.25, 1.0 and 5.0 (clip by norm, 150 steps), the one "
                "with the lowest final loss on the toy RNN.",
         expected=lambda: threshold_sweep((0.1, 0.25, 1.0, 5.0), steps=150).best,
         rtol=1e-9,
-        hint="Train once per threshold for 150 steps and compare the final losses; a smaller "
-             "threshold means shorter steps.",
+        hints=(
+            "Clipping trades step length for stability; on this RNN, which matters more over 150 "
+            "steps?",
+            "Train once per threshold for 150 steps and compare the final losses; a smaller "
+            "threshold means shorter steps.",
+        ),
     ),
 }

@@ -24,16 +24,23 @@ EXERCISES = {
                "s at which the naive softmax breaks (its sum overflows).",
         expected=_tied_top_overflow_fp16,
         rtol=1e-12,
-        hint="The sum is now about 2 exp(s): it overflows when exp(s) passes max / 2. fp16 "
-             "numbers between 8 and 16 are 1/128 apart.",
+        hints=(
+            "With two logits at the top, the sum has two large terms instead of one.",
+            "The sum is now about 2 exp(s): it overflows when exp(s) passes max / 2. fp16 "
+            "numbers between 8 and 16 are 1/128 apart.",
+        ),
     ),
     "03.2": Exercise(
         prompt="Logits z = [2, 0, -2], true class 0. Someone passes softmax(z) instead of z to "
                "F.cross_entropy (fp32). Which loss comes back?",
         expected=_probabilities_fed_as_logits,
         rtol=1e-4,  # four significant digits, as the page prints them
-        hint="F.cross_entropy applies its own log-softmax to whatever it gets: compute "
-             "logsumexp(p) - p[0] for p = softmax(z).",
+        hints=(
+            "F.cross_entropy expects logits; what happens to probabilities between 0 and 1 when "
+            "they are treated as logits?",
+            "F.cross_entropy applies its own log-softmax to whatever it gets: compute "
+            "logsumexp(p) - p[0] for p = softmax(z).",
+        ),
     ),
     "03.3": Exercise(
         prompt="Ten classes with logits s * linspace(1, -1, 10) in fp16, the true class is the "
@@ -41,7 +48,11 @@ EXERCISES = {
                "log(softmax)) has a NaN.",
         expected=lambda: breakpoints("fp16", 10, "low").grad,
         rtol=1e-6,
-        hint="The gradient of -log p is -1/p; p is about exp(-2s), and 1/p overflows before p "
-             "itself underflows. More classes make p a little smaller at the same s.",
+        hints=(
+            "The NaN comes from the backward pass, not the forward one: which intermediate "
+            "overflows first?",
+            "The gradient of -log p is -1/p; p is about exp(-2s), and 1/p overflows before p "
+            "itself underflows. More classes make p a little smaller at the same s.",
+        ),
     ),
 }

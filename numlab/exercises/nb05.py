@@ -28,16 +28,24 @@ EXERCISES = {
         "still converge? (Two significant digits are enough.)",
         expected=lambda: critical_lr(3, curvature=4.0),
         rtol=0.1,
-        hint="The step that matters is lr times the curvature: what limit does the page give "
-        "for curvature 1?",
+        hints=(
+            "Staleness limits the step lr times curvature, not lr alone: four times the curvature, "
+            "and the limit moves.",
+            "The step that matters is lr times the curvature: what limit does the page give "
+            "for curvature 1?",
+        ),
     ),
     "05.2": Exercise(
         prompt="With two samples per device every normalised entry is +-1. With three (no "
         "affine, eps -> 0), how large can the absolute value of a normalised entry get?",
         expected=_largest_three_sample_batchnorm,
         rtol=1e-9,
-        hint="Put two of the three samples at the same value and the third elsewhere; the "
-        "variance is the biased one (divided by 3).",
+        hints=(
+            "Normalised entries have mean 0 and variance 1 over three samples; how uneven can three "
+            "such numbers be?",
+            "Put two of the three samples at the same value and the third elsewhere; the "
+            "variance is the biased one (divided by 3).",
+        ),
     ),
     "05.3": Exercise(
         prompt="DDP divides each worker's gradient by N before summing. With N = 3 workers in "
@@ -45,15 +53,21 @@ EXERCISES = {
         "from dividing the sum by N (seed 0)?",
         expected=lambda: reduction_order(3, n=100_000, dtype="fp32", seed=0).differ,
         rtol=1e-6,
-        hint="Each g/3 is rounded before the sum; (g_1 + g_2 + g_3)/3 rounds once at the end. "
-        "3 is not a power of two.",
+        hints=(
+            "Dividing each gradient before the sum rounds three times instead of once.",
+            "Each g/3 is rounded before the sum; (g_1 + g_2 + g_3)/3 rounds once at the end. "
+            "3 is not a power of two.",
+        ),
     ),
     "05.4": Exercise(
         prompt="On a fine grid of learning rates (0.2 to 0.8, 601 points, 200 steps), what is "
         "the largest learning rate at which the 3-stale run still does not diverge?",
         expected=_measured_boundary,
         rtol=2e-3,
-        hint="Sweep the learning rates at staleness 3 and find where divergence starts; then "
-        "think about why a 200-step run looks a little more stable than the theory.",
+        hints=(
+            "Watch where the 3-stale runs start to diverge as the learning rate grows.",
+            "Sweep the learning rates at staleness 3 and find where divergence starts; then "
+            "think about why a 200-step run looks a little more stable than the theory.",
+        ),
     ),
 }
