@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:   make lab    make test
 # Everything else: make notebooks, make bench, make lint, make present NB=03, make doctor, make update,
-#                  make book (the web book, into _build/html)
+#                  make book (the web book, into _build/html),
+#                  make assignments (the nbgrader course, into _build/course)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,11 +13,12 @@ VENV7  := .venv-widgets7
 STAMP7 := $(VENV7)/.installed
 NB     ?= 00
 BOOK   ?= _build
+COURSE ?= _build/course
 PORT   ?= 8888
 # JupyterLab refuses to run as root without --allow-root (containers, CI, some JupyterHubs).
 ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 
-.PHONY: lab test test-widgets7 unit notebooks bench lint present doctor update book clean
+.PHONY: lab test test-widgets7 unit notebooks bench lint present doctor update book assignments clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +65,10 @@ present: $(STAMP)
 # The web book: the committed notebooks (not re-executed) as a static site in $(BOOK)/html
 book: $(STAMP)
 	$(BIN)/python tools/book.py $(BOOK)
+
+# The classroom course: nbgrader's source and release versions, config and gradebook in $(COURSE)
+assignments: $(STAMP)
+	$(BIN)/python tools/assignments.py $(COURSE)
 
 doctor: $(STAMP)
 	$(BIN)/python -m numlab doctor
