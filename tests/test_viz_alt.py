@@ -1,8 +1,10 @@
 """Alt text: read off the figure (titles, axes, series and what they span), and present on
 every figure the committed notebooks show."""
 import glob
+import html
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -65,8 +67,24 @@ def test_every_committed_figure_carries_alt_text(path):
     nb = json.loads(pathlib.Path(path).read_text())
     for index, cell in enumerate(nb["cells"]):
         for out in cell.get("outputs", []):
-            if "image/png" in out.get("data", {}):
-                alt = out.get("metadata", {}).get("image/png", {}).get("alt", "")
+            data = out.get("data", {})
+            alts = []
+            if "image/png" in data:  # a widget's static frame
+                alts.append(out.get("metadata", {}).get("image/png", {}).get("alt", ""))
+            for tag in re.findall(r"<img [^>]*>", "".join(data.get("text/html", ""))):  # a figure
+                found = re.search(r'alt="([^"]*)"', tag)
+                alts.append(html.unescape(found.group(1)) if found else "")
+            for alt in alts:
                 # a sentence naming panels and values, not "image" or "figure"
                 assert len(alt) > 60 and any(c.isdigit() for c in alt), \
                     f"cell {index}: alt text {alt!r} does not say what the figure shows"
+
+
+def test_a_static_figure_is_an_img_with_its_alt_text():
+    fig = new_figure((4, 3))
+    fig.add_subplot().plot([1, 2, 3], [3, 1, 2], label="a series")
+    data, _ = fig._repr_mimebundle_()
+    assert set(data) == {"text/html", "text/plain"}
+    alt = re.search(r'alt="([^"]*)"', data["text/html"]).group(1)
+    assert html.unescape(alt) == describe(fig) and "a series" in alt
+

@@ -10,7 +10,9 @@ import pytest  # noqa: E402
 
 from numlab import softmax as sm  # noqa: E402
 from numlab.viz import new_figure  # noqa: E402
+from numlab.viz.palette import VERMILLION_TEXT  # noqa: E402
 from numlab.viz.softmax import (  # noqa: E402
+    BAD,
     OK,
     WARN,
     explore_bce,
@@ -105,7 +107,7 @@ def test_bce_explorer_reacts_to_every_control():
     p = w.result.point
     assert math.isnan(p.bce_naive[0]) and math.isfinite(p.bce_stable[0])  # 0 * log(0)
     assert w.cells["bce", "naive"].get_text() == "nan"
-    assert matplotlib.colors.to_hex(w.cells["bce", "naive"].get_color()) == "#d62728"
+    assert matplotlib.colors.to_hex(w.cells["bce", "naive"].get_color()) == VERMILLION_TEXT.lower()
     png = w.image.value
     w.controls["sign"].value = "-"
     assert w.result.point.z[0] == -20.0 and math.isfinite(w.result.point.bce_naive[0])
@@ -126,7 +128,7 @@ def test_bce_explorer_reacts_to_every_control():
 def test_bce_strip_is_red_exactly_where_exp_overflows():
     w = explore_bce()
     red = [s for s, c in zip(_segments(w.strip), w.strip.get_colors().tolist(), strict=True)
-           if c == list(matplotlib.colors.to_rgba("#d62728"))]
+           if c == list(matplotlib.colors.to_rgba(BAD))]
     assert len(red) == 4  # one overflow run per format, on the positive side
     for row, seg in enumerate(sorted(red, key=lambda s: s[0, 1])):
         name = ("fp16", "bf16", "fp32", "fp64")[row]

@@ -28,12 +28,15 @@ from matplotlib.figure import Figure
 
 from numlab.device import threads
 from numlab.viz.alt import describe
+from numlab.viz.palette import CYCLE
 
 CHEAP_DPI = 80  # what a cheap widget renders at (see Explorer)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
-# Readable on a projector at the back of a room; used for every figure numlab draws.
+# Readable on a projector at the back of a room, and by readers with colour-vision
+# deficiency (numlab.viz.palette); used for every figure numlab draws.
 STYLE = {
+    "axes.prop_cycle": CYCLE,
     "font.size": 13,
     "axes.titlesize": 14,
     "axes.labelsize": 13,
@@ -46,16 +49,21 @@ STYLE = {
 
 
 class NotebookFigure(Figure):
-    """A Figure that shows itself as a PNG, with alt text, when it ends a notebook cell
-    (no pyplot needed)."""
+    """A Figure that shows itself, with alt text, when it ends a notebook cell (no pyplot).
+
+    It is an ``<img alt=...>`` in a text/html output rather than an image/png one:
+    JupyterLab and Voila put no alt text on an image/png output (they ignore its metadata),
+    and axe-core rightly calls an image without one critical. The web book and GitHub show
+    the HTML as it is."""
 
     def _repr_mimebundle_(self, **kwargs):
         buf = io.BytesIO()
         # Fast PNG compression: the image only travels to the browser next door.
         self.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
-        data = {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
-                "text/plain": repr(self)}
-        return data, {"image/png": {"alt": describe(self)}}
+        png = base64.b64encode(buf.getvalue()).decode("ascii")
+        alt = html.escape(describe(self), quote=True)
+        tag = f'<img src="data:image/png;base64,{png}" alt="{alt}" style="max-width: 100%">'
+        return {"text/html": tag, "text/plain": repr(self)}, {}
 
 
 def new_figure(figsize=(9, 4), **kwargs) -> NotebookFigure:
@@ -255,10 +263,11 @@ class Explorer(widgets.VBox):
         data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
         return data, {**(meta or {}), "image/png": {"alt": self.alt_text()}}
 
-    def alt_text(self) -> str:
+    def alt_text(self, status: str | None = None) -> str:
         """What the current frame shows, in words: the figure's description and the status
         line (which states the result drawn)."""
-        status = " ".join(re.sub(r"<[^>]+>", "", html.unescape(self.status.value)).split())
+        status = self.status.value if status is None else status
+        status = " ".join(re.sub(r"<[^>]+>", "", html.unescape(status)).split())
         return describe(self.fig) + (f" {status}" if status else "")
 
     if hasattr(widgets.Widget, "_ipython_display_"):  # ipywidgets 7: the same bundle

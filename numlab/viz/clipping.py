@@ -17,8 +17,9 @@ from matplotlib.ticker import NullLocator
 
 from numlab import clipping
 from numlab.viz._explorer import Explorer, grid_slider
+from numlab.viz.palette import BLACK, BLUE, GREY, ORANGE, VERMILLION
 
-COLORS = {"original": "#333333", "norm": "#1f77b4", "value": "#d62728", "predicted": "#ff7f0e"}
+COLORS = {"original": BLACK, "norm": BLUE, "value": VERMILLION, "predicted": ORANGE}
 
 
 def _finite(values) -> np.ndarray:
@@ -224,9 +225,9 @@ def plot_training(ax_loss, ax_norm, run: clipping.TrainingRun, *, legend_all: bo
                                      label="threshold"),
     }
     at = run.nonfinite_step if run.diverged else 0
-    artists["nonfinite"] = ax_norm.axvline(at, color=COLORS["value"], lw=1.5,
+    artists["nonfinite"] = ax_norm.axvline(at, color=COLORS["value"], lw=1.5, ls="-.",
                                            label="first non-finite step")
-    artists["baseline"] = ax_loss.axhline(1 / 6, ls=":", color="#777",
+    artists["baseline"] = ax_loss.axhline(1 / 6, ls=":", color=GREY,
                                           label="predict the mean (1/6)")
     ax_loss.set_ylabel("loss (MSE)")
     ax_norm.set_ylabel("gradient norm")
@@ -247,7 +248,7 @@ def plot_threshold_sweep(ax, sweep: clipping.ThresholdSweep):
     loss = _finite(sweep.final_loss)
     (line,) = ax.loglog(sweep.thresholds.numpy(), loss, "o-", color=COLORS["norm"],
                         label=f"clip by {sweep.clip}")
-    base = ax.axhline(1 / 6, ls=":", color="#777", label="predict the mean (1/6)")
+    base = ax.axhline(1 / 6, ls=":", color=GREY, label="predict the mean (1/6)")
     fate = (f"non-finite at step {sweep.unclipped.nonfinite_step}" if sweep.unclipped.diverged
             else f"final loss {sweep.unclipped.final_loss:.3g}")
     note = ax.text(0.02, 0.95, f"no clipping: {fate}", transform=ax.transAxes, va="top")

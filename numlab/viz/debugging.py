@@ -8,9 +8,10 @@ import numpy as np
 
 from numlab import debugging as dbg
 from numlab.viz._explorer import Explorer, grid_slider
+from numlab.viz.palette import BLACK, BLUE, GREEN, MARKERS, ORANGE, PURPLE, SKY, VERMILLION
 
-TRAIN, VAL, FRESH, BAD = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
-QUIET = ("#7f7f7f", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#e377c2")
+TRAIN, VAL, FRESH, BAD = BLUE, ORANGE, GREEN, VERMILLION
+QUIET = (BLUE, GREEN, PURPLE, SKY, BLACK, ORANGE)  # the odd layer out is BAD
 _LABELS = {"grad": "|gradient|", "weight": "|weight|", "ratio": "|gradient| / |weight|"}
 
 
@@ -42,7 +43,8 @@ def plot_norms(ax, history: dbg.NormHistory, what: str = "ratio", highlight: str
     lines = {}
     for j, name in enumerate(history.layers):
         odd = name == highlight
-        (lines[name],) = ax.plot(history.steps, _positive(values[:, j]), marker="o", ms=3,
+        (lines[name],) = ax.plot(history.steps, _positive(values[:, j]), ms=4,
+                                 marker="X" if odd else MARKERS[j % len(MARKERS)],
                                  color=BAD if odd else QUIET[j % len(QUIET)],
                                  lw=3.0 if odd else 1.5, zorder=3 if odd else 2,
                                  label=f"layer {name}" + ("  <- odd one out" if odd else ""))
@@ -63,11 +65,11 @@ def plot_curves(ax, run: dbg.CurveRun, fresh: bool = True):
     if not isinstance(run, dbg.CurveRun):
         raise TypeError(f"run must be a CurveRun (from pathology_run), got {type(run).__name__}")
     (train,) = ax.plot(run.steps, _positive(run.train_loss), color=TRAIN, label="train")
-    (val,) = ax.plot(run.steps, _positive(run.val_loss), color=VAL, label="validation")
+    (val,) = ax.plot(run.steps, _positive(run.val_loss), "--", color=VAL, label="validation")
     (new,) = ax.plot(run.steps, _positive(run.fresh_loss), ":", color=FRESH,
                      label="fresh held-out", visible=fresh)
     stopped = run.stopped_at is not None
-    stop = ax.axvline(run.stopped_at if stopped else 0, color=BAD, ls="--", lw=1.5,
+    stop = ax.axvline(run.stopped_at if stopped else 0, color=BAD, ls="-.", lw=1.5,
                       label="NanGuard stop" if stopped else "_nolegend_", visible=stopped)
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -87,23 +89,22 @@ def _cached_run(pathology: str, seed: int) -> dbg.CurveRun:
 class PathologyExplorer(Explorer):
     """Pick a pathology: train / validation / fresh loss, per-layer gradient norms, verdict."""
 
-    figsize = (11, 4.2)
+    figsize = (10, 4.4)
     slow = True
 
     def setup(self, fig):
         self.ax_loss, self.ax_norm = fig.subplots(1, 2)
         self.lines = {
             "train": self.ax_loss.plot([], [], color=TRAIN, label="train")[0],
-            "val": self.ax_loss.plot([], [], color=VAL, label="validation")[0],
+            "val": self.ax_loss.plot([], [], "--", color=VAL, label="validation")[0],
             "fresh": self.ax_loss.plot([], [], ":", color=FRESH, label="fresh held-out")[0],
         }
         # not in the legend: the status line says where NanGuard stopped a run
-        self.stop = self.ax_loss.axvline(0, color=BAD, ls="--", lw=1.5, visible=False)
+        self.stop = self.ax_loss.axvline(0, color=BAD, ls="-.", lw=1.5, visible=False)
         self.ax_loss.set(yscale="log", xlabel="step", ylabel="cross-entropy loss")
         self.ax_loss.legend(loc="lower left")
-        self.layer_lines = [self.ax_norm.plot([], [], marker="o", ms=3, color=c,
-                                              label=f"layer {name}")[0]
-                            for name, c in zip(("0", "2", "4"), QUIET[:3], strict=True)]
+        self.layer_lines = [self.ax_norm.plot([], [], marker=m, ms=4, color=c, label=f"layer {name}")[0]
+                            for name, c, m in zip(("0", "2", "4"), QUIET, MARKERS, strict=False)]
         self.ax_norm.set(yscale="log", xlabel="step", ylabel="|gradient| per layer")
         self.ax_norm.legend(loc="lower left")
         for ax in (self.ax_loss, self.ax_norm):
@@ -158,15 +159,15 @@ def _cached_misinit(bad_layer: int, log_scale: float) -> dbg.MisinitRun:
 class NormExplorer(Explorer):
     """Shrink one layer's initial weights and watch its gradient-to-weight ratio stand out."""
 
-    figsize = (11, 4.0)
+    figsize = (10, 4.2)
     slow = True
 
     def setup(self, fig):
         self.ax_grad, self.ax_ratio = fig.subplots(1, 2)
         self.lines = {}
         for ax, what in ((self.ax_grad, "grad"), (self.ax_ratio, "ratio")):
-            self.lines[what] = [ax.plot([], [], marker="o", ms=3, color=c, label=f"layer {n}")[0]
-                                for n, c in zip(("0", "2", "4", "6"), QUIET[:4], strict=True)]
+            self.lines[what] = [ax.plot([], [], marker=m, ms=4, color=c, label=f"layer {n}")[0]
+                                for n, c, m in zip(("0", "2", "4", "6"), QUIET, MARKERS, strict=False)]
             ax.set(yscale="log", xlabel="step", ylabel=_LABELS[what])
             ax.grid(True, alpha=0.3)
         self.ax_ratio.legend(loc="upper right")

@@ -19,9 +19,9 @@ from matplotlib.ticker import NullLocator
 from numlab import distributed as nd
 from numlab.formats import short_name
 from numlab.viz._explorer import Explorer, grid_slider
+from numlab.viz.palette import BLUE, DASHES, GREEN, MARKERS, ORANGE, VERMILLION
 
-COLORS = {"sync": "#1f77b4", "stale": "#d62728", "local": "#d62728", "fp32": "#1f77b4",
-          "fp64": "#2ca02c"}
+COLORS = {"sync": BLUE, "stale": VERMILLION, "local": VERMILLION, "fp32": BLUE, "fp64": GREEN}
 
 
 def plot_ddp_differences(ax, *results: nd.DDPEquivalence):
@@ -29,15 +29,15 @@ def plot_ddp_differences(ax, *results: nd.DDPEquivalence):
     if not results or not all(isinstance(r, nd.DDPEquivalence) for r in results):
         raise TypeError("results must be one or more DDPEquivalence (from ddp_equivalence)")
     artists = []
-    for r in results:
+    for r, marker, dash in zip(results, MARKERS, DASHES[1:], strict=False):
         name = short_name(r.dtype)
         color = COLORS.get(name, None)
         steps = np.arange(1, r.steps + 1)
         # exact zeros cannot sit on a log axis: draw them at the bottom of the panel
         shown = np.where(r.max_diff > 0, r.max_diff, np.nan)
-        (line,) = ax.semilogy(steps, shown, "o-", color=color,
+        (line,) = ax.semilogy(steps, shown, marker=marker, ls="-", color=color,
                               label=f"{name}, {r.world_size} workers")
-        ref = ax.axhline(r.eps * r.param_scale, color=line.get_color(), ls="--", lw=1,
+        ref = ax.axhline(r.eps * r.param_scale, color=line.get_color(), ls=dash, lw=1.5,
                          label=f"{name}: eps x max|w|")
         artists += [line, ref]
     ax.set_xlabel("training step")
@@ -57,7 +57,7 @@ def plot_stale_curves(ax, run: nd.StaleRun, lines=None):
                    for c in (run.loss_sync, run.loss_stale))
     if lines is None:
         (a,) = ax.semilogy(steps, sync, color=COLORS["sync"], label="synchronous (k = 0)")
-        (b,) = ax.semilogy(steps, stale, color=COLORS["stale"], label=f"stale, k = {run.staleness}")
+        (b,) = ax.semilogy(steps, stale, "--", color=COLORS["stale"], label=f"stale, k = {run.staleness}")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_ylim(1e-4, 1e4)
@@ -86,7 +86,7 @@ def plot_stale_map(ax, sweep: nd.StaleSweep):
                          vmin=0, vmax=1.6, shading="flat")
     fine = np.linspace(ks[0], ks[-1], 200)
     (theory,) = ax.plot(fine, [2 * math.sin(math.pi / (2 * (2 * k + 1))) for k in fine],
-                        color="#ff7f0e", lw=2.5, label="theory: 2 sin(pi/(4k+2))")
+                        color=ORANGE, lw=2.5, label="theory: 2 sin(pi/(4k+2))")
     ax.set_yscale("log")
     ax.set_xlabel("staleness k (steps)")
     ax.set_ylabel("learning rate")
@@ -134,7 +134,7 @@ class StalenessExplorer(Explorer):
         self.lines = plot_stale_curves(self.ax_curves, nd.stale_sgd(1, 0.1, steps=self.steps))
         self.ax_curves.set_xlim(0, len(self.lines[0].get_xdata()) - 1)  # as an update sets it
         plot_stale_map(self.ax_map, self.sweep)
-        (self.marker,) = self.ax_map.plot([], [], "*", ms=18, color="#d62728", mec="white")
+        (self.marker,) = self.ax_map.plot([], [], "*", ms=18, color=VERMILLION, mec="white")
         for ax in (self.ax_curves, self.ax_map):
             ax.yaxis.set_minor_locator(NullLocator())
         # Blitting: the map, the axes and their ticks never move; the curves, the star, the

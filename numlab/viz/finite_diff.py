@@ -12,9 +12,10 @@ from matplotlib.ticker import LogLocator, NullLocator
 from numlab import finite_diff, layers
 from numlab.formats import short_name
 from numlab.viz._explorer import Explorer, grid_slider
+from numlab.viz.palette import BLUE, GREEN_TEXT, VERMILLION, VERMILLION_TEXT
 
 DTYPES = ["fp16", "bf16", "fp32", "fp64"]
-FWD, CEN = "#1f77b4", "#d62728"
+FWD, CEN = BLUE, VERMILLION
 FLOOR = 1e-17  # errors of exactly 0 are drawn here (log axes cannot show 0)
 
 
@@ -41,10 +42,10 @@ class _SweepArtists:
         ax.set_ylabel("relative error of f'(x)")
         ax.grid(True, which="major", alpha=0.3)
         (self.forward,) = ax.plot([], [], color=FWD, label="forward (f(x+h)-f(x))/h")
-        (self.central,) = ax.plot([], [], color=CEN, label="central (f(x+h)-f(x-h))/2h")
+        (self.central,) = ax.plot([], [], "-.", color=CEN, label="central (f(x+h)-f(x-h))/2h")
         (self.forward_model,) = ax.plot([], [], "--", color=FWD, lw=1.2, alpha=0.8,
                                         label="model: truncation + rounding")
-        (self.central_model,) = ax.plot([], [], "--", color=CEN, lw=1.2, alpha=0.8)
+        (self.central_model,) = ax.plot([], [], ls=(0, (1, 1)), color=CEN, lw=1.2, alpha=0.8)
         (self.best,) = ax.plot([], [], "*", color="k", markersize=14, label="measured best h")
         self.thumb_forward = ax.axvline(1e-8, color=FWD, ls=":", lw=1.5, label="sqrt(eps), cbrt(eps)")
         self.thumb_central = ax.axvline(1e-5, color=CEN, ls=":", lw=1.5)
@@ -185,7 +186,7 @@ class _JacobianArtists:
         self.ax = ax
         self.image = ax.imshow(np.zeros((2, 2)), cmap="viridis", vmin=-16, vmax=0,
                                interpolation="nearest", aspect="auto")
-        (self.failed,) = ax.plot([], [], "x", color="#ff3030", markersize=7, mew=2,
+        (self.failed,) = ax.plot([], [], "x", color=VERMILLION, markersize=7, mew=2,
                                  label="fails |a-n| <= atol + rtol|n|")
         ax.set_xlabel("input entry j")
         ax.set_ylabel("output entry i")
@@ -255,7 +256,7 @@ class GradcheckExplorer(Explorer):
             f"d out{list(e.out_index)} / d in{list(e.in_index)}: {e.analytical:.4g} vs {e.numerical:.4g}"
             for e in report.worst[:3]
         )
-        color = "#070" if report.passed else "#c00"
+        color = GREEN_TEXT if report.passed else VERMILLION_TEXT
         note = f"<br><i>{' '.join(report.warnings)}</i>" if report.warnings else ""
         return (
             f"<b style='color:{color}'>{verdict}</b>: max abs error {report.max_abs_error:.1e}, "

@@ -10,8 +10,9 @@ from matplotlib.ticker import MaxNLocator
 
 from numlab import formats
 from numlab.viz._explorer import Explorer, grid_slider
+from numlab.viz.palette import BLUE, GREEN, SKY, VERMILLION
 
-COLORS = {"sign": "#d62728", "exponent": "#1f77b4", "mantissa": "#2ca02c"}
+COLORS = {"sign": VERMILLION, "exponent": BLUE, "mantissa": GREEN}
 CHOICES = ["fp16", "bf16", "fp32", "fp64", "fp8_e4m3fn", "fp8_e5m2"]
 
 
@@ -24,9 +25,9 @@ def plot_ranges(ax, dtypes=("fp16", "bf16", "fp32"), eps=True):
     artists = {"subnormal": [], "normal": [], "eps": []}
     for row, f in enumerate(facts):
         lo, mid, hi = (math.log10(v) for v in (f.smallest_subnormal, f.tiny, f.max))
-        artists["subnormal"] += ax.barh(row, mid - lo, left=lo, height=0.5, color="#9ecae1",
+        artists["subnormal"] += ax.barh(row, mid - lo, left=lo, height=0.5, color=SKY,
                                         label="subnormal" if row == 0 else None)
-        artists["normal"] += ax.barh(row, hi - mid, left=mid, height=0.5, color="#3182bd",
+        artists["normal"] += ax.barh(row, hi - mid, left=mid, height=0.5, color=BLUE,
                                      label="normal" if row == 0 else None)
         if eps:
             artists["eps"] += ax.plot([math.log10(f.eps)], [row], marker="|", markersize=22,

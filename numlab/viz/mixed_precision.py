@@ -10,13 +10,14 @@ from numlab import device as _device
 from numlab import formats
 from numlab import mixed_precision as mp
 from numlab.viz._explorer import Explorer, grid_slider
+from numlab.viz.palette import BLUE, GREY, ORANGE, SKY, VERMILLION
 
 BANDS = {  # shading of the representable ranges
-    "fp16_subnormal": "#fdae6b",
-    "fp16_normal": "#74c476",
-    "bf16": "#9e9ac8",
+    "fp16_subnormal": ORANGE,
+    "fp16_normal": SKY,
+    "bf16": GREY,
 }
-COLORS = {"fp32": "#1f77b4", "scaled": "#d62728", "reference": "0.55", "skipped": "#d62728"}
+COLORS = {"fp32": BLUE, "scaled": VERMILLION, "reference": GREY, "skipped": VERMILLION}
 
 
 def _finite_positive(values) -> np.ndarray:
@@ -115,7 +116,7 @@ def _style_run_axes(ax_loss, ax_zero, ax_scale):
 class MixedPrecisionExplorer(Explorer):
     """Train the demo model in one precision, with or without a GradScaler, and watch."""
 
-    figsize = (12, 3.8)
+    figsize = (10, 3.5)
     slow = True  # trains on every change (a few hundred ms), with a progress bar
     steps = 80
     growth_interval = 10

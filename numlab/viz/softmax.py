@@ -12,10 +12,11 @@ from matplotlib.collections import LineCollection
 from numlab import softmax as sm
 from numlab.formats import short_name
 from numlab.viz._explorer import Explorer, grid_slider
+from numlab.viz.palette import BLACK, BLUE, GREEN, ORANGE, VERMILLION, VERMILLION_TEXT
 
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
-NAIVE, STABLE, BAD = "#ff7f0e", "#1f77b4", "#d62728"
-OK, WARN = "#2ca02c", "#ff7f0e"
+NAIVE, STABLE, BAD = ORANGE, BLUE, VERMILLION
+OK, WARN = GREEN, ORANGE
 SCALE_RANGE = (1e-2, 1e4)
 
 
@@ -24,7 +25,7 @@ def _fmt(v: float) -> str:
 
 
 def _red_if_bad(v: float) -> str:
-    return _fmt(v) if math.isfinite(v) else f"<b style='color:{BAD}'>{v}</b>"
+    return _fmt(v) if math.isfinite(v) else f"<b style='color:{VERMILLION_TEXT}'>{v}</b>"
 
 
 # --- static plots --------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def plot_softplus_error(ax, sweep: sm.BinarySweep):
     floor = 1e-17
     z = sweep.z
     err_n, err_s = sweep.rel_error("softplus_naive"), sweep.rel_error("softplus_stable")
-    (l_n,) = ax.plot(z, np.clip(np.where(np.isfinite(err_n), err_n, np.nan), floor, None), ".",
+    (l_n,) = ax.plot(z, np.clip(np.where(np.isfinite(err_n), err_n, np.nan), floor, None), "^",
                      color=NAIVE, ms=3, label="log(1 + e^z)")
     (l_s,) = ax.plot(z, np.clip(err_s, floor, None), ".", color=STABLE, ms=3,
                      label="max(z,0) + log1p(e^-|z|)")
@@ -117,9 +118,9 @@ def _softplus_axes(ax, floor):
 def _off(err: float, limit: float) -> str:
     """The naive gradient's largest error, red with "(wrong)" once it passes sm.wrong_limit."""
     if not math.isfinite(err):
-        return f"<b style='color:{BAD}'>inf/NaN</b>"
+        return f"<b style='color:{VERMILLION_TEXT}'>inf/NaN</b>"
     if err > limit:
-        return f"<b style='color:{BAD}'>{err:.3g} (wrong, though finite)</b>"
+        return f"<b style='color:{VERMILLION_TEXT}'>{err:.3g} (wrong, though finite)</b>"
     return f"{err:.2g}"
 
 
@@ -228,7 +229,7 @@ class SoftmaxExplorer(Explorer):
         self.p_note.set_text(f"first inf/NaN: {first}" if first else "")
         loss_n, loss_s = sw.loss_naive[0], sw.loss_stable[0]
         self.loss_text.set_text(f"loss: naive {_fmt(loss_n)}, fused {_fmt(loss_s)}")
-        self.loss_text.set_color(BAD if not math.isfinite(loss_n) else "k")
+        self.loss_text.set_color(VERMILLION_TEXT if not math.isfinite(loss_n) else "k")
         self.now.set_xdata([s, s])
         self._draw_strip(r)
         return (f"naive loss {_red_if_bad(loss_n)} &nbsp; fused loss {_red_if_bad(loss_s)} &nbsp; "
@@ -343,7 +344,7 @@ class BceExplorer(Explorer):
         self.ax_t = fig.add_axes((0.66, 0.44, 0.33, 0.46))
         self.ax_s = fig.add_axes((0.07, 0.08, 0.91, 0.2))
         # every moving part is animated (blitted); the axes behind them never change
-        self.err_n = self.animate(*self.ax_e.plot([], [], ".", color=NAIVE, ms=3, label="log(1 + e^z)"))
+        self.err_n = self.animate(*self.ax_e.plot([], [], "^", color=NAIVE, ms=3, label="log(1 + e^z)"))
         self.err_s = self.animate(*self.ax_e.plot([], [], ".", color=STABLE, ms=3,
                                                   label="softplus form"))
         self.err_bad = self.animate(*self.ax_e.plot([], [], "x", color=BAD, ms=4, label="inf / NaN"))
@@ -356,7 +357,7 @@ class BceExplorer(Explorer):
         ax = self.ax_t
         ax.set_axis_off()
         ax.text(0.0, 0.92, "at this z", fontsize=12, fontweight="bold", transform=ax.transAxes)
-        ax.text(0.30, 0.92, "naive", color=NAIVE, fontsize=12, transform=ax.transAxes)
+        ax.text(0.30, 0.92, "naive", color=BLACK, fontsize=12, transform=ax.transAxes)
         ax.text(0.65, 0.92, "stable", color=STABLE, fontsize=12, transform=ax.transAxes)
         self.cells = {}
         for i, row in enumerate(("softplus", "bce", "d bce/dz")):
@@ -397,7 +398,7 @@ class BceExplorer(Explorer):
                 v = float(getattr(p, key)[0])
                 cell = self.cells[row, col]
                 cell.set_text(_fmt(v))
-                cell.set_color(BAD if not math.isfinite(v) else "k")
+                cell.set_color(VERMILLION_TEXT if not math.isfinite(v) else "k")
                 if first is None and not math.isfinite(v):
                     first = f"{col} {row}"
         return (f"{p.dtype}, z = {z:.4g}, t = {p.target:g}: log(1+e^z) = "
