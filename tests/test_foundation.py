@@ -214,7 +214,9 @@ def test_environment_yml_bounds_match_pyproject():
 def test_a_kernel_install_pulls_no_front_end_and_both_widget_lines():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     kernel = {_name(r) for r in project["dependencies"]}
-    assert kernel == {"torch", "numpy", "matplotlib", "ipywidgets"}
+    # anywidget brings the live figure's alt text; it needs ipywidgets, psygnal and
+    # typing_extensions, no front end (Colab and ipywidgets 7 fall back to ipywidgets.Image)
+    assert kernel == {"torch", "numpy", "matplotlib", "ipywidgets", "anywidget"}
     assert "ipywidgets>=7.7,<9" in project["dependencies"]  # Colab's front end renders 7.x
     lab = {_name(r) for r in project["optional-dependencies"]["lab"]}
     assert {"jupyterlab", "voila"} <= lab and not lab & kernel
@@ -237,6 +239,11 @@ def test_jupyter_settings_turn_off_news(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "jupyter_settings.py"), str(tmp_path)], check=True)
     data = json.loads((tmp_path / "share/jupyter/lab/settings/overrides.json").read_text())
     assert data["@jupyterlab/apputils-extension:notification"]["checkForUpdates"] is False
+    # lecture mode's template, the default for `voila` and for the server's voila/render
+    template = tmp_path / "share/jupyter/voila/templates/numlab"
+    assert json.loads((template / "conf.json").read_text())["base_template"] == "lab"
+    for config in ("etc/jupyter/voila.json", "etc/jupyter/jupyter_server_config.d/numlab_voila.json"):
+        assert json.loads((tmp_path / config).read_text())["VoilaConfiguration"]["template"] == "numlab"
 
 
 def test_notebook_runner_flags_stderr_and_errors():

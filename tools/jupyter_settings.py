@@ -1,26 +1,43 @@
-"""Write JupyterLab settings overrides into an environment: no news or update toasts.
+"""Write numlab's front-end settings into an environment.
 
 usage: python tools/jupyter_settings.py PREFIX   (e.g. .venv)
-A classroom of students, or a projector, should not be greeted by a "get news?" prompt.
+- JupyterLab: no news or update toasts (a classroom, or a projector, should not be greeted
+  by a "get news?" prompt);
+- Voila: numlab's lecture-mode template (share/jupyter/voila/templates/numlab in this
+  repository), copied into the environment and made the default both for ``voila`` itself
+  (``make present``) and for the server's ``voila/render`` pages (Binder's lecture links).
 """
 import json
 import pathlib
+import shutil
 import sys
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "share" / "jupyter" / "voila" / "templates" / "numlab"
 OVERRIDES = {
     "@jupyterlab/apputils-extension:notification": {
         "fetchNews": "false",
         "checkForUpdates": False,
     }
 }
+VOILA = {"VoilaConfiguration": {"template": "numlab"}}
+
+
+def merge_json(path: pathlib.Path, settings: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(settings)
+    path.write_text(json.dumps(current, indent=2) + "\n")
 
 
 def main(prefix: str) -> None:
-    path = pathlib.Path(prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    current = json.loads(path.read_text()) if path.exists() else {}
-    current.update(OVERRIDES)
-    path.write_text(json.dumps(current, indent=2) + "\n")
+    prefix = pathlib.Path(prefix)
+    merge_json(prefix / "share" / "jupyter" / "lab" / "settings" / "overrides.json", OVERRIDES)
+    target = prefix / "share" / "jupyter" / "voila" / "templates" / "numlab"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(TEMPLATE, target)
+    merge_json(prefix / "etc" / "jupyter" / "voila.json", VOILA)
+    merge_json(prefix / "etc" / "jupyter" / "jupyter_server_config.d" / "numlab_voila.json", VOILA)
 
 
 if __name__ == "__main__":

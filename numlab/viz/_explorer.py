@@ -3,7 +3,9 @@
 An :class:`Explorer` owns a dict of controls, one figure whose artists are created once
 (:meth:`setup`) and then only updated (:meth:`draw`), and two visible outputs: a status
 line and an error box. Each control change runs :meth:`compute` (which calls the compute
-layer), then :meth:`draw`, then renders the figure to PNG into an ``ipywidgets.Image``.
+layer), then :meth:`draw`, then renders the figure to PNG into its live view
+(:mod:`numlab.viz.figure_view`: an ``<img>`` with alt text, rendered at the size and pixel
+ratio the browser shows it).
 Errors raised by a callback are shown in the error box (JupyterLab would otherwise swallow
 them) and kept in ``.error``; the latest good result is ``.result``.
 """
@@ -28,9 +30,10 @@ from matplotlib.figure import Figure
 
 from numlab.device import threads
 from numlab.viz.alt import describe
+from numlab.viz.figure_view import figure_view, shown_pixels
 from numlab.viz.palette import CYCLE
 
-CHEAP_DPI = 80  # what a cheap widget renders at (see Explorer)
+CHEAP_DPI = 80  # what a cheap widget renders at until the browser reports its size
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 # Readable on a projector at the back of a room, and by readers with colour-vision
@@ -95,12 +98,12 @@ class Explorer(widgets.VBox):
     """Base class: subclasses define ``setup(fig)``, ``compute(**values)`` and ``draw(result)``.
 
     Two presets, chosen by ``slow``. A cheap widget (the default) answers a slider within a
-    frame: it renders at 80 dpi (the browser scales the image to the cell, and PNG encoding
-    is a third of a frame or more) and computes on one torch thread (on a shared machine,
+    frame: until the browser reports the shown size it renders at 80 dpi (PNG encoding is a
+    third of a frame or more), then at the shown size; it computes on one torch thread (on a shared machine,
     waking torch's pool for a few hundred thousand numbers cost 10x the work itself: 16 ms
     against 1.4 ms). A slow widget (``slow = True``: it trains or launches processes on each
-    change) keeps the figure's resolution and torch's threads, and shows a progress bar
-    under its controls that ``compute`` moves with :meth:`tick`.
+    change) keeps the figure's resolution until the size is known, and torch's threads, and
+    shows a progress bar under its controls that ``compute`` moves with :meth:`tick`.
     """
 
     figsize = (9, 4)
@@ -118,9 +121,10 @@ class Explorer(widgets.VBox):
         self.error: BaseException | None = None
         self.last_update_s = float("nan")
         self.fig = new_figure(figsize or self.figsize)
+        self.figure_dpi = self.fig.dpi
         # As wide as the cell allows, but never taller than 55 % of the window, so controls,
         # figure and status fit a 1366x768 laptop screen together (object_fit keeps the aspect)
-        self.image = widgets.Image(format="png", layout=widgets.Layout(
+        self.image = figure_view(widgets.Layout(
             width="100%", max_width="1100px", max_height="55vh", object_fit="contain"))
         self.status = widgets.HTML(layout=widgets.Layout(min_height="1.6em"))
         self.errors = widgets.Output(layout=widgets.Layout(border="0px"))
@@ -136,6 +140,8 @@ class Explorer(widgets.VBox):
         for control in controls.values():
             control.observe(self._on_change, names="value")
             _full_label(control)
+        if "width_px" in self.image.trait_names():  # the browser reports the shown size
+            self.image.observe(self._on_resize, names=["width_px", "pixel_ratio"])
         self.update()
         live = [r for r in _open[type(self)] if r() is not None and r().fig is not None]
         for old in live[:-self.max_open]:
@@ -149,6 +155,8 @@ class Explorer(widgets.VBox):
             return
         for control in self.controls.values():
             control.unobserve(self._on_change, names="value")
+        if "width_px" in self.image.trait_names():
+            self.image.unobserve(self._on_resize, names=["width_px", "pixel_ratio"])
         for child in _descendants(self):
             if child is not self.layout:
                 child.close()
@@ -179,6 +187,24 @@ class Explorer(widgets.VBox):
     def _on_change(self, _change) -> None:
         self.update()
 
+    def _on_resize(self, _change) -> None:
+        # Only the pixels change: the same result, drawn again at the shown size.
+        if self.result is None or self.fig is None:
+            return
+        try:
+            self._show(self.render_png(), self.status.value)
+        except Exception as err:  # shown to the reader, never swallowed
+            self.error = err
+            self.errors.outputs = ()
+            self.errors.append_stderr(_short_traceback(err))
+
+    def _show(self, png: bytes, status: str) -> None:
+        # One message for the new frame and its alt text (FigureView), so they never disagree.
+        with self.image.hold_sync():
+            self.image.value = png
+            if "alt" in self.image.trait_names():
+                self.image.alt = self.alt_text(status)
+
     def tick(self, done: int, total: int | None = None) -> None:
         """Called from ``compute`` of a slow widget: ``done`` of ``total`` steps finished.
 
@@ -202,7 +228,7 @@ class Explorer(widgets.VBox):
                 self.progress.value = self.progress.max
             with mpl.rc_context(STYLE):
                 status = self.draw(result)
-            self.image.value = self.render_png()
+            self._show(self.render_png(), status or "")
         except Exception as err:  # shown to the reader, never swallowed
             self.error = err
             self.errors.outputs = ()
@@ -231,7 +257,11 @@ class Explorer(widgets.VBox):
 
     def render_png(self) -> bytes:
         canvas = self.fig.canvas
-        dpi = self.fig.get_dpi() if self.slow else CHEAP_DPI
+        shown = shown_pixels(self.image)  # as many pixels as the browser shows, once it says
+        if shown:
+            dpi = shown / self.fig.get_size_inches()[0]
+        else:
+            dpi = self.figure_dpi if self.slow else CHEAP_DPI
         if self.fig.dpi != dpi:
             self.fig.set_dpi(dpi)
         if not self.moving:

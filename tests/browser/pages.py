@@ -143,3 +143,60 @@ def change_and_compare(explorer, timeout_ms: float) -> tuple[str, bytes, bytes]:
             f"(not redrawn, or redrawn identical); the widget shows:\n{shown}"
         ) from err
     return action, before, image_bytes(img)
+
+
+# --- accessibility ---------------------------------------------------------------------
+BLOCKING = ("serious", "critical")
+REPORTS = pathlib.Path(__file__).resolve().parents[2] / "_build" / "accessibility"  # axe's findings
+# A sharp figure has as many pixels across as the screen shows (numlab.viz.figure_view).
+SHOWN_SIZE_JS = """(img) => Math.abs(img.naturalWidth
+    - img.getBoundingClientRect().width * window.devicePixelRatio) <= 2"""
+# Where a node sits decides whose it is: numlab writes the prose, the widgets (their
+# controls included) and the figures; everything else on the page is the front end's.
+_OWNER_JS = """(targets) => targets.map((target) => {
+    const selector = Array.isArray(target) ? target[target.length - 1] : target;
+    const node = document.querySelector(selector);
+    if (!node) return "front end";
+    return node.closest(".numlab-explorer, .jp-RenderedMarkdown, .jp-OutputArea-output")
+        ? "numlab" : "front end";
+})"""
+
+
+def axe_audit(page) -> list[dict]:
+    """axe-core's violations on the page, one entry per rule and owner (numlab or the front
+    end): rule id, impact, help text, how many nodes and the first node's HTML."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    found: dict[tuple[str, str], dict] = {}
+    for violation in Axe().run(page).response["violations"]:
+        nodes = violation["nodes"]
+        owners = page.evaluate(_OWNER_JS, [node["target"] for node in nodes])
+        for node, owner in zip(nodes, owners, strict=True):
+            entry = found.setdefault((violation["id"], owner), {
+                "rule": violation["id"], "owner": owner, "impact": violation["impact"],
+                "help": violation["help"], "nodes": 0, "example": node["html"][:200]})
+            entry["nodes"] += 1
+    return sorted(found.values(), key=lambda v: (v["owner"], v["rule"]))
+
+
+def tab_to(page, selector: str, max_presses: int = 150) -> int:
+    """Press Tab from the top of the page until the focused element matches ``selector``;
+    return how many presses it took."""
+    page.evaluate("() => { document.activeElement?.blur(); window.scrollTo(0, 0); }")
+    for presses in range(1, max_presses + 1):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => !!document.activeElement?.matches(s)", selector):
+            return presses
+    raise AssertionError(f"{max_presses} presses of Tab never reached {selector}")
+
+
+def focus_ring(page) -> str:
+    """The focused element's outline (or box shadow): what shows a keyboard user where they
+    are; '' when there is none."""
+    return page.evaluate("""() => {
+        const s = getComputedStyle(document.activeElement);
+        if (s.outlineStyle !== "none" && parseFloat(s.outlineWidth) >= 2) {
+            return `outline ${s.outlineWidth} ${s.outlineStyle} ${s.outlineColor}`;
+        }
+        return s.boxShadow !== "none" ? `box-shadow ${s.boxShadow}` : "";
+    }""")

@@ -14,10 +14,14 @@ import time
 import pytest
 
 from .pages import (
+    REPORTS,
+    SHOWN_SIZE_JS,
     STDERR,
     WIDGET_MIME,
+    axe_audit,
     change_and_compare,
     error_texts,
+    focus_ring,
     wait_image_loaded,
     widget_failures,
 )
@@ -177,8 +181,20 @@ def test_notebook_in_jupyterlab(notebook, lab, browser_page, screenshot_dir, rec
         main.scroll_into_view_if_needed()
         main.screenshot(path=screenshot_dir / f"{notebook.stem}.png", animations="disabled")
 
+        img = main.locator("img.widget-image").first
+        assert img.get_attribute("alt").strip(), f"{name}: the live figure has no alt text"
+        # axe-core over the notebook as a student sees it: reported (README), not asserted,
+        # since most of what it finds is JupyterLab's own; lecture mode is held to it.
+        audit = axe_audit(page)
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        (REPORTS / f"lab_{name[:2]}.json").write_text(json.dumps(audit, indent=1))
+        record_property("axe", audit)
+        page.wait_for_function(SHOWN_SIZE_JS, arg=img.element_handle(), timeout=20_000)
+
         action, before, after = change_and_compare(main, WIDGET_TIMEOUT_MS)
         assert before[:8] == after[:8] == b"\x89PNG\r\n\x1a\n"
+        if action.startswith("slider"):  # moved by a key press: the handle shows its focus
+            assert focus_ring(page), f"{name}: the focused slider shows no focus ring"
         assert before != after, f"{name}: {action} left the figure unchanged"
         assert not error_texts(page), f"{name}: after {action}: {error_texts(page)}"
         assert "Error:" not in main.inner_text(), f"{name}: after {action}: {main.inner_text()}"

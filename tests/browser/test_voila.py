@@ -1,20 +1,34 @@
 """Lecture mode: each notebook served by ``make present NB=NN`` (Voila), in a real Chromium.
 
-The page must show prose and live widgets and no code, with no error output, and moving a
-control of the main widget must redraw its figure. Chromium cannot reach beyond this machine
-(see ``pages.OFFLINE_ARGS``), so a page that needs a CDN fails here.
+The page must show prose and live widgets and no code, no text-only results and no error
+output, and moving a control of the main widget must redraw its figure. Chromium cannot
+reach beyond this machine (see ``pages.OFFLINE_ARGS``) and no request may try to.
+
+Accessibility, on the same page: axe-core's audit (written to
+``_build/accessibility/voila_NN.json``; numlab's own content, its prose, widgets and
+figures, has no serious or critical violation), the keyboard (Tab reaches a slider, which
+shows a focus ring; three ArrowRight presses change the figure; PageDown, a clicker's key,
+moves to a section heading and leaves the slider alone), and the figure's alt text.
 """
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
 from .pages import (
+    BLOCKING,
+    REPORTS,
+    SHOWN_SIZE_JS,
+    axe_audit,
     change_and_compare,
     code_lines,
     error_texts,
+    focus_ring,
+    image_bytes,
     markdown_cells,
+    tab_to,
     wait_image_loaded,
     widget_failures,
 )
@@ -27,6 +41,9 @@ NOTEBOOKS = notebooks()
 RUN_TIMEOUT_MS = 240_000
 WIDGET_TIMEOUT_MS = 60_000
 VOILA_ERROR = "There was an error when executing cell"
+TEXT_ONLY = ('.jp-OutputArea-output[data-mime-type="text/plain"], '
+             '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]')
+HANDLE = ".numlab-explorer .noUi-handle"
 BARE_TEXT_JS = """() => {
     const page = document.body.cloneNode(true);
     page.querySelectorAll(".jp-OutputArea, .jp-MarkdownCell, .jp-RenderedMarkdown")
@@ -80,12 +97,55 @@ def test_notebook_in_voila(notebook, chromium, browser_page, browser_home, recor
             wait_image_loaded(explorers.nth(index).locator("img.widget-image").first,
                               WIDGET_TIMEOUT_MS)
         assert not widget_failures(page), f"{notebook.name}: {widget_failures(page)}"
+        assert page.locator(TEXT_ONLY).count() == 0, "lecture mode shows a text-only result"
+        alts = explorers.locator("img.widget-image").evaluate_all("(ims) => ims.map(i => i.alt)")
+        assert all(alt.strip() for alt in alts), f"a live figure has no alt text: {alts}"
+        for index in range(explorers.count()):  # sharp: as many pixels as are shown
+            img = explorers.nth(index).locator("img.widget-image").first
+            page.wait_for_function(SHOWN_SIZE_JS, arg=img.element_handle(), timeout=20_000)
+
+        audit = axe_audit(page)
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        (REPORTS / f"voila_{notebook.name[:2]}.json").write_text(json.dumps(audit, indent=1))
+        record_property("axe", audit)
+        check_keyboard(page, explorers)
 
         action, before, after = change_and_compare(explorers.first, WIDGET_TIMEOUT_MS)
         assert before != after, f"{notebook.name}: {action} left the figure unchanged"
         assert not error_texts(page), f"after {action}: {error_texts(page)}"
         # Requests that tried to leave the machine failed, and the page worked regardless.
-        record_property("offline_blocked", chromium.external_requests[external_before:])
+        external = chromium.external_requests[external_before:]
+        assert not external, f"lecture mode tried to leave the machine: {external[:3]}"
+        ours = [v for v in audit if v["owner"] == "numlab" and v["impact"] in BLOCKING]
+        assert not ours, f"{notebook.name}: axe finds in numlab's content: {ours}"
     finally:
         survivors = server.stop()
     assert not survivors, f"Voila processes still running after stop: {survivors}"
+
+
+def check_keyboard(page, explorers) -> None:
+    """Tab to a slider, see its focus ring, move it with the arrow keys, press PageDown."""
+    presses = tab_to(page, HANDLE)
+    ring = focus_ring(page)
+    assert ring, f"the slider reached after {presses} Tab presses shows no focus ring"
+    index = page.evaluate("""() => [...document.querySelectorAll(".numlab-explorer")]
+        .findIndex((e) => e.contains(document.activeElement))""")
+    img = explorers.nth(index).locator("img.widget-image").first
+    handle = page.locator(":focus").element_handle()
+    position = handle.evaluate  # (aria-valuenow is rounded: a log slider's 0.699 reads 0.7)
+    value, src = position("(h) => h.getAttribute('aria-valuetext')"), img.get_attribute("src")
+    before = image_bytes(img)
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    moved = position("(h) => h.getAttribute('aria-valuetext')")
+    assert moved != value, f"ArrowRight x3 left the slider at {value}"
+    page.wait_for_function(
+        "([img, old]) => img.src !== old && img.complete && img.naturalWidth > 0",
+        arg=[img.element_handle(), src], timeout=WIDGET_TIMEOUT_MS)
+    page.wait_for_timeout(500)  # the last of three frames
+    assert image_bytes(img) != before, "ArrowRight x3 moved the slider, not the figure"
+
+    page.keyboard.press("PageDown")
+    assert position("(h) => h.getAttribute('aria-valuetext')") == moved, "PageDown nudged the slider"
+    landed = page.evaluate("() => document.activeElement.tagName")
+    assert landed in ("H1", "H2"), f"PageDown moved focus to {landed}, not a section heading"
