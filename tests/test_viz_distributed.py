@@ -6,6 +6,9 @@ test_distributed.py); what is tested is the drawing and the widgets' caching.
 """
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -131,6 +134,39 @@ def test_explore_batchnorm_trains_each_worker_count_once():
     e.controls["world_size"].value = 2
     assert calls == [2, 4]
     assert e.image.value != png
+
+
+def test_explore_batchnorm_trains_ahead_once_a_browser_shows_it():
+    # Without a browser nothing starts; once the figure reports its shown size, the worker
+    # count not given trains in the background, and a click on it waits for that training
+    # (the bar moving) instead of launching a second one.
+    calls, release = [], threading.Event()
+
+    def runner(world_size, batches):
+        calls.append((world_size, threading.current_thread().name))
+        assert release.wait(10)
+        return _fake_sweep(world_size, batches)
+
+    e = vd.explore_batchnorm(precomputed=_fake_sweep(2, (2, 4, 8, 32)), runner=runner)
+    if "width_px" not in e.image.trait_names():
+        pytest.skip("ipywidgets 7 / no anywidget: the plain Image reports no size")
+    time.sleep(0.2)
+    assert calls == [] and e.ahead == {}
+    seen = []
+    e.progress.observe(lambda change: seen.append(change["new"]), names="value")
+    e.image.width_px = 700  # what the browser's ResizeObserver sends
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [w for w, _ in calls] == [4] and calls[0][1].startswith("numlab-ahead")
+    e.expected_s = 0.5
+    threading.Timer(0.6, release.set).start()
+    e.controls["world_size"].value = 4  # waits for the background run
+    assert e.error is None and e.result[0].world_size == 4
+    assert [w for w, _ in calls] == [4]  # trained once, in the background
+    assert any(0 < v < 100 for v in seen) and seen[-1] == e.progress.max  # it moved, then ended
+    e.image.width_px = 800
+    assert set(e.ahead) == {4}  # nothing started twice
 
 
 def test_explore_batchnorm_starts_from_precomputed_without_training():

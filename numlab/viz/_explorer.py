@@ -137,6 +137,7 @@ class Explorer(widgets.VBox):
         bar = [self.progress] if self.slow else []
         super().__init__([box, *bar, self.image, self.status, self.errors])
         self.add_class("numlab-explorer")
+        self.add_class(f"numlab-{type(self).__name__}")  # which one, for tests and benchmarks
         for control in controls.values():
             control.observe(self._on_change, names="value")
             _full_label(control)

@@ -9,8 +9,10 @@
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import time
 
 import ipywidgets as widgets
 import numpy as np
@@ -175,15 +177,56 @@ def explore_staleness(lr: float = 0.8, staleness: int = 2, steps: int = 200):
 
 
 class BatchNormExplorer(Explorer):
+    """Each worker count trains once (a launch of its processes, 10-20 s on a laptop).
+
+    The reader should not wait on that after a click: as soon as a browser shows the widget
+    (its figure reports the shown size), the worker counts not yet trained start training one
+    after another in a background thread, and a click on one still training waits for it
+    with the bar moving and the seconds counted. Without a browser (nbval, a script) nothing
+    starts ahead, and a click trains then, as before."""
+
     figsize = (8, 4.2)
     slow = True  # a worker count not seen before launches processes and trains
+    expected_s = 16.0  # what one launch and training took here; the bar's scale until one ends
 
     def __init__(self, controls, precomputed: dict, runner, batches):
         self.precomputed = precomputed  # {world_size: BatchNormSweep} the reader passed in
         # memoised like every other numlab cache: each worker count trains once
         self.runner = runner if runner is _train else functools.lru_cache(maxsize=None)(runner)
         self.batches = tuple(batches)
+        self.ahead: dict[int, concurrent.futures.Future] = {}  # world_size -> training started
         super().__init__(controls)
+
+    def _on_resize(self, change) -> None:
+        super()._on_resize(change)
+        self.start_ahead()
+
+    def start_ahead(self) -> None:
+        """Start training, in the background, every worker count not trained or started."""
+        if self.fig is None:
+            return
+        for world_size in self.controls["world_size"].options:
+            if world_size not in self.precomputed and world_size not in self.ahead:
+                self.ahead[world_size] = _AHEAD.submit(self._timed, world_size)
+
+    def _timed(self, world_size: int):
+        start = time.perf_counter()
+        sweep = self.runner(world_size, self.batches)
+        self.expected_s = time.perf_counter() - start
+        return sweep
+
+    def _wait(self, future, world_size: int):
+        # Visible progress while a background training ends: the bar moves with the time
+        # spent against the time one took (never past 95 % before it ends).
+        start = time.perf_counter()
+        self.progress.max = 100
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except concurrent.futures.TimeoutError:
+                spent = time.perf_counter() - start
+                self.progress.description = f"{world_size} workers {spent:.0f} s"
+                self.progress.value = min(95, int(100 * spent / max(self.expected_s, 1.0)))
 
     def setup(self, fig):
         self.ax = fig.add_subplot()
@@ -202,7 +245,11 @@ class BatchNormExplorer(Explorer):
         sweep = self.precomputed.get(world_size)
         if sweep is None:
             self.progress.description = f"{world_size} workers"
-            sweep = self.runner(world_size, self.batches)
+            future = self.ahead.get(world_size)
+            if future is None:
+                sweep = self.runner(world_size, self.batches)
+            else:
+                sweep = self._wait(future, world_size)
         return sweep, sweep.per_device_batch.index(per_device_batch)
 
     def draw(self, result):
@@ -219,6 +266,11 @@ class BatchNormExplorer(Explorer):
                 f"synchronised {100 * sweep.acc_sync[i]:.1f}% ({gap:+.1f} points)")
 
 
+# One background training at a time: two launches at once would share the cores and each
+# take twice as long.
+_AHEAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="numlab-ahead")
+
+
 @functools.lru_cache(maxsize=8)
 def _train(world_size: int, batches: tuple) -> nd.BatchNormSweep:
     return nd.batchnorm_sync(world_size, batches)
@@ -229,7 +281,8 @@ def explore_batchnorm(per_device_batch: int = 2, world_size: int = 2, precompute
     """Per-device batch and worker count -> test accuracy, local vs synchronised BatchNorm.
 
     Each worker count trains once (one launch, every batch size in it) and is cached;
-    pass sweeps you already have (``precomputed``) to start without any launch.
+    pass sweeps you already have (``precomputed``) to start without any launch. Shown in a
+    browser, the worker counts not given start training in the background at once.
     ``runner(world_size, batches) -> BatchNormSweep`` replaces the training (tests).
     """
     if isinstance(precomputed, nd.BatchNormSweep):
