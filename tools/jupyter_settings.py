@@ -5,7 +5,8 @@ usage: python tools/jupyter_settings.py PREFIX   (e.g. .venv)
   by a "get news?" prompt);
 - Voila: numlab's lecture-mode template (share/jupyter/voila/templates/numlab in this
   repository), copied into the environment and made the default both for ``voila`` itself
-  (``make present``) and for the server's ``voila/render`` pages (Binder's lecture links).
+  (``make present``) and for the server's ``voila/render`` pages (Binder's lecture links);
+  for ``voila`` itself also preheated kernels and culling (below).
 """
 import json
 import pathlib
@@ -21,6 +22,15 @@ OVERRIDES = {
     }
 }
 VOILA = {"VoilaConfiguration": {"template": "numlab"}}
+# `voila` itself (make present): a kernel per notebook is started and runs the notebook ahead
+# of the request (preheated), so the page, and a lecturer's reload, comes at once; a kernel
+# whose page went away without saying so (a killed tab) is shut down after 40 s idle
+# (Voila never culls its preheated kernels). Not for the server's voila/render: there the
+# same culling would end JupyterLab kernels of students who closed a tab for a minute.
+VOILA_APP = {
+    "VoilaConfiguration": {"template": "numlab", "preheat_kernel": True, "default_pool_size": 1},
+    "MappingKernelManager": {"cull_idle_timeout": 40, "cull_interval": 10},
+}
 
 
 def merge_json(path: pathlib.Path, settings: dict) -> None:
@@ -36,7 +46,7 @@ def main(prefix: str) -> None:
     target = prefix / "share" / "jupyter" / "voila" / "templates" / "numlab"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(TEMPLATE, target)
-    merge_json(prefix / "etc" / "jupyter" / "voila.json", VOILA)
+    merge_json(prefix / "etc" / "jupyter" / "voila.json", VOILA_APP)
     merge_json(prefix / "etc" / "jupyter" / "jupyter_server_config.d" / "numlab_voila.json", VOILA)
 
 
