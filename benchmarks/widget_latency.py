@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import pkgutil
 import sys
@@ -54,8 +55,42 @@ def explorers():
                 yield f"{info.name}.{name}", fn
 
 
-def measure(fn):
+class Messages:
+    """Counts the comm messages widgets send to the browser, and their bytes (JSON state and
+    binary buffers, the PNG among them), while in a ``with`` block. Headless there is no
+    browser: the count is of what would go out (a control set from Python sends its own new
+    value once, where a browser's change gets one echo back instead)."""
+
+    def __enter__(self):
+        self.count, self.bytes, self.png = 0, 0, 0
+        self._send = widgets.Widget._send
+        counter = self
+
+        def send(widget, msg, buffers=None):
+            counter.count += 1
+            counter.bytes += len(json.dumps(msg, default=str))
+            for buf in buffers or ():
+                counter.bytes += memoryview(buf).nbytes
+                if bytes(memoryview(buf)[:8]) == b"\x89PNG\r\n\x1a\n":
+                    counter.png += memoryview(buf).nbytes
+            return counter._send(widget, msg, buffers)
+
+        widgets.Widget._send = send
+        return self
+
+    def __exit__(self, *exc):
+        widgets.Widget._send = self._send
+
+
+def measure(fn, width_px: int = 0):
+    """Time every control of the widget ``fn()`` builds across its range.
+
+    ``width_px``: the figure's width as a browser shows it (0: before any browser said).
+    Returns (slow, {control description: [seconds per change]}, render alone s, errors,
+    (messages, bytes, PNG bytes) per change)."""
     w = fn()
+    if width_px and "width_px" in w.image.trait_names():
+        w.image.width_px = width_px
     # A widget that trains on each change says so (Explorer.slow), or at least does not
     # update while a slider is being dragged.
     sliders = [c for c in w.controls.values()
@@ -66,14 +101,20 @@ def measure(fn):
         t = time.perf_counter()
         w.render_png()
         render.append(time.perf_counter() - t)
-    times, errors = [], 0
-    for control in w.controls.values():
-        for value in values_for(control):
-            t = time.perf_counter()
-            control.value = value  # the observer runs compute + draw + render synchronously
-            times.append(time.perf_counter() - t)
-            errors += w.error is not None
-    return slow, times, median(render), errors
+    by_control, errors, changes = {}, 0, 0
+    with Messages() as sent:
+        for name, control in w.controls.items():
+            times = by_control.setdefault(control.description or name, [])
+            for value in values_for(control):
+                t = time.perf_counter()
+                control.value = value  # the observer runs compute + draw + render synchronously
+                times.append(time.perf_counter() - t)
+                errors += w.error is not None
+                changes += 1
+    w.close()
+    per = max(changes, 1)
+    return slow, by_control, median(render), errors, (sent.count / per, sent.bytes / per,
+                                                       sent.png / per)
 
 
 def main(selected: list[str]) -> None:
@@ -81,18 +122,20 @@ def main(selected: list[str]) -> None:
     for label, fn in explorers():
         if selected and not any(s in label for s in selected):
             continue
-        slow, times, render, errors = measure(fn)
+        slow, by_control, render, errors, (messages, size, png) = measure(fn)
+        times = [t for ts in by_control.values() for t in ts]
         if not times:
             continue
         med, hi = median(times) * 1e3, p95(times) * 1e3
         target = "1000 / 1500 ms" if slow else "50 / 100 ms"
         ok = (med <= 1000 and hi <= 1500) if slow else (med <= 50 and hi <= 100)
         rows.append([label, "slow" if slow else "cheap", len(times), f"{med:.0f}", f"{hi:.0f}",
-                     f"{render * 1e3:.0f}", f"{med / (render * 1e3):.1f}x", target, "yes" if ok else "no",
-                     errors])
+                     f"{render * 1e3:.0f}", f"{med / (render * 1e3):.1f}x", f"{messages:.1f}",
+                     f"{size / 1e3:.0f} ({png / 1e3:.0f})", target, "yes" if ok else "no", errors])
     print("### Widget latency (headless, per control change, including the PNG render)\n")
     print(markdown(["widget", "kind", "updates", "median ms", "p95 ms", "render alone ms",
-                    "update / render", "goal (median / p95)", "met", "errors"], rows))
+                    "update / render", "messages / change", "kB / change (PNG)",
+                    "goal (median / p95)", "met", "errors"], rows))
 
 
 if __name__ == "__main__":
