@@ -30,11 +30,9 @@ $(STAMP): pyproject.toml constraints.txt tools/jupyter_settings.py $(wildcard sh
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) --port=$(PORT)
 
-# Two workers (pytest-xdist), a test file or notebook to each at a time: half the wall time
-# on two cores. `$(BIN)/python -m pytest` alone runs the same tests one after another.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest
 	$(MAKE) test-widgets7
 
 $(STAMP7): pyproject.toml constraints.txt
@@ -46,7 +44,7 @@ $(STAMP7): pyproject.toml constraints.txt
 # The headless widget tests and notebooks 00 and 03 under ipywidgets 7.
 test-widgets7: $(STAMP7)
 	$(VENV7)/bin/python -c "import ipywidgets, sys; sys.exit(not ipywidgets.__version__.startswith('7.'))"
-	$(VENV7)/bin/python -m pytest -q -n 2 --dist loadfile -m "not browser" tests/test_viz_*.py \
+	$(VENV7)/bin/python -m pytest -q -m "not browser" tests/test_viz_*.py \
 		notebooks/00_floating_point.ipynb notebooks/03_stable_softmax.ipynb
 
 unit: $(STAMP)
