@@ -344,6 +344,13 @@ def _launch(world_size: int, jobs: list[tuple[Job, dict]], backend: str = "auto"
 
 
 # --- the _bootstrap every spawned worker runs --------------------------------------------------
+def _end_with_group(code: int) -> None:
+    """End this worker and everything it started (its process group, which it leads)."""
+    if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(code)
+
+
 def _watch_parent(parent_pid: int) -> None:
     # If the launching process dies without cleaning up (kill -9 of a kernel), the worker
     # would be re-parented and live on; it notices and takes its whole process group (what
@@ -351,9 +358,7 @@ def _watch_parent(parent_pid: int) -> None:
     while True:
         time.sleep(0.5)
         if os.getppid() != parent_pid:
-            if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
-                os.killpg(os.getpid(), signal.SIGKILL)
-            os._exit(3)
+            _end_with_group(3)
 
 
 def _stack_on_request(stack_dir: str, rank: int):
@@ -395,7 +400,9 @@ def _bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue
     queue.join_thread()
     if message[0] == "ok":
         dist.destroy_process_group()
-    else:
-        os._exit(1)
-
-
+    # A failed worker takes what it started with it. So does any worker whose launcher is
+    # gone: when a killed launcher's first worker ends its group, its peer's collective
+    # fails at once ("connection reset"), and that peer must not leave its children behind
+    # before its own watch (every 0.5 s) would have seen the launcher go.
+    if message[0] != "ok" or os.getppid() != parent_pid:
+        _end_with_group(1)
