@@ -11,9 +11,10 @@ exercise cell (``check("04.1", my_answer)``) turned into two nbgrader cells:
   compares the answer with the value numlab computes now, on this machine, with the
   tolerance ``check`` uses (``numlab.check.matches``). The solutions are never imported.
 
-Then it writes OUT/nbgrader_config.py and runs ``nbgrader generate_assignment`` for each
-notebook, which creates the gradebook (OUT/gradebook.db) and the student versions in
-OUT/release/ (no solutions, no hidden tests, no outputs). Run the later nbgrader steps
+Then it writes OUT/nbgrader_config.py and runs nbgrader's generate_assignment for each
+notebook (through nbgrader's Python API, configured by that file), which creates the
+gradebook (OUT/gradebook.db) and the student versions in OUT/release/ (no solutions, no
+hidden tests, no outputs). Run the later nbgrader steps
 (release_assignment, collect, autograde, generate_feedback) from OUT.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ import math
 import os
 import pathlib
 import re
-import subprocess
 import sys
 import time
 
@@ -126,6 +126,8 @@ def exercise_cells(key: str, item, solution: str, imports: list[str], expected) 
         "### END HIDDEN TESTS",
     ]))
     test.metadata["nbgrader"] = _meta(f"test_{slug}", solution=False, grade=True, points=item.points)
+    for cell in (prompt, answer, test):  # ids from the grade ids: a regenerated course is the same
+        cell.id = cell.metadata["nbgrader"]["grade_id"]
     return [prompt, answer, test]
 
 
@@ -164,23 +166,46 @@ c.ExecutePreprocessor.timeout = 600
 '''
 
 
+def nbgrader_api(course: pathlib.Path, **settings):
+    """nbgrader's own Python API (what its formgrader runs), set up by the course's
+    ``nbgrader_config.py`` plus ``settings`` ({"Exchange.root": ...}): the same steps as the
+    ``nbgrader`` commands, without paying their start-up (about 3 s each here) every time."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    for key, value in settings.items():
+        section, name = key.split(".")
+        setattr(config[section], name, value)
+    # a new gradebook asks the alembic command for its schema version
+    bin_dir = str(pathlib.Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return NbGraderAPI(config=config)
+
+
+def succeeded(result: dict, step: str) -> dict:
+    """An NbGraderAPI result, or a RuntimeError with nbgrader's own log and traceback."""
+    if not result["success"]:
+        raise RuntimeError(f"nbgrader {step} failed:\n{result.get('log', '')}{result.get('error', '')}")
+    return result
+
+
 def build(out: pathlib.Path, only: list[str] | None = None) -> dict[str, dict]:
     """Write the course into ``out`` and generate the release versions; points per notebook."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "nbgrader_config.py").write_text(CONFIG.format(course=COURSE, root=str(out)))
-    bin_dir = pathlib.Path(sys.executable).parent  # nbgrader runs alembic from PATH
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     table = {}
     for path in topic_notebooks(only):
-        name = path.stem
         nb, points = source_version(path)
-        folder = out / "source" / name
+        folder = out / "source" / path.stem
         folder.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, folder / path.name)
-        subprocess.run([str(bin_dir / "nbgrader"), "generate_assignment", name, "--force",
-                        "--log-level=WARN"], cwd=out, env=env, check=True)
-        table[name] = points
+        table[path.stem] = points
+    api = nbgrader_api(out)
+    for name in table:
+        succeeded(api.generate_assignment(name, force=True), f"generate_assignment {name}")
     (out / "points.json").write_text(json.dumps(table, indent=1) + "\n")
     return table
 
