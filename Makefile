@@ -30,9 +30,11 @@ $(STAMP): pyproject.toml constraints.txt tools/jupyter_settings.py $(wildcard sh
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) --port=$(PORT)
 
+# Two pytest-xdist workers, a test file or notebook each at a time, every browser test on
+# one of them (conftest.py says why); `$(BIN)/python -m pytest` runs the same tests serially.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 	$(MAKE) test-widgets7
 
 $(STAMP7): pyproject.toml constraints.txt
@@ -44,7 +46,7 @@ $(STAMP7): pyproject.toml constraints.txt
 # The headless widget tests and notebooks 00 and 03 under ipywidgets 7.
 test-widgets7: $(STAMP7)
 	$(VENV7)/bin/python -c "import ipywidgets, sys; sys.exit(not ipywidgets.__version__.startswith('7.'))"
-	$(VENV7)/bin/python -m pytest -q -m "not browser" tests/test_viz_*.py \
+	$(VENV7)/bin/python -m pytest -q -n 2 --dist loadfile -m "not browser" tests/test_viz_*.py \
 		notebooks/00_floating_point.ipynb notebooks/03_stable_softmax.ipynb
 
 unit: $(STAMP)

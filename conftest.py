@@ -5,6 +5,12 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test's two workers on two cores: one thread each (here, in the kernels and servers
+    # they start). With torch's default of one per core, OpenMP threads spin waiting for a core
+    # the other worker holds: the op_db test took 143 s beside the browser tests, 28 s alone.
+    # The notebooks' checked outputs are the same with one thread.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -19,3 +25,26 @@ def pytest_runtest_call(item):
     if noise:
         pytest.fail("cell wrote to stderr (notebooks must run without warnings):\n"
                     + "".join(noise)[:2000], pytrace=False)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: only asked when xdist runs
+def pytest_xdist_make_scheduler(config, log):
+    """``make test``'s two workers (``pytest -n 2 --dist loadfile``): one file at a time, and
+    the browser tests (every file in tests/browser/) as one file.
+
+    Whole files, because a notebook's cells share one kernel and run in order, and a test
+    module's fixtures (an nbgrader course, a worker launch) are built once. The browser tests
+    on one worker, one after another, because each brings a server, its kernels and Chromium,
+    and two such sets on two cores time out. (xdist's own ``loadgroup`` would say this with
+    marks, but stops grouping under pytest 9.2's node ids: pytest-xdist issue #1386.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/browser/" if path.startswith("tests/browser/") else path
+
+    return FileScheduling(config, log)

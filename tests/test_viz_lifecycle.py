@@ -11,23 +11,30 @@ matplotlib.use("Agg")
 from numlab.viz.softmax import explore_softmax  # noqa: E402
 
 
-def _registry_size() -> int:
+def _registry() -> dict:
     registry = getattr(widgets.widget, "_instances", None)  # ipywidgets 8
-    if registry is None:
-        registry = widgets.Widget.widgets  # ipywidgets 7
-    return len(registry)
+    return widgets.Widget.widgets if registry is None else registry  # ipywidgets 7
+
+
+def _tree(widget):
+    """The widget and every widget inside it (boxes' children, controls, outputs)."""
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _tree(child)
 
 
 def test_close_releases_the_figure_and_the_child_widgets():
-    before = _registry_size()
+    # By ids, not by the registry's size: a new explorer also closes the oldest ones beyond
+    # max_open, which other tests in this process may have left open.
     w = explore_softmax(scale=3.0)
     fig = weakref.ref(w.fig)
-    assert _registry_size() > before
+    ids = {child.model_id for child in _tree(w)}
+    assert len(ids) > 5 and ids <= set(_registry())
     w.close()
     del w
     gc.collect()
     assert fig() is None, "the figure outlived its closed widget"
-    assert _registry_size() <= before
+    assert not ids & set(_registry()), "closed widgets are still in the registry"
 
 
 def test_rerunning_a_widget_cell_does_not_accumulate_figures():
