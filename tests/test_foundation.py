@@ -244,6 +244,14 @@ def test_jupyter_settings_turn_off_news(tmp_path):
     assert json.loads((template / "conf.json").read_text())["base_template"] == "lab"
     for config in ("etc/jupyter/voila.json", "etc/jupyter/jupyter_server_config.d/numlab_voila.json"):
         assert json.loads((tmp_path / config).read_text())["VoilaConfiguration"]["template"] == "numlab"
+    # make present's pool: traitlets ignores a misspelt class or trait, so ask Voila's own class
+    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+    from voila.voila_kernel_manager import voila_kernel_manager_factory
+
+    pool = json.loads((tmp_path / "etc/jupyter/voila.json").read_text())["VoilaKernelManager"]
+    manager = voila_kernel_manager_factory(AsyncMappingKernelManager, True, 1)
+    assert manager.__name__ == "VoilaKernelManager"
+    assert pool == {"fill_delay": 8} and "fill_delay" in manager.class_trait_names(config=True)
 
 
 def test_notebook_runner_flags_stderr_and_errors():

@@ -27,8 +27,13 @@ VOILA = {"VoilaConfiguration": {"template": "numlab"}}
 # whose page went away without saying so (a killed tab) is shut down after 40 s idle
 # (Voila never culls its preheated kernels). Not for the server's voila/render: there the
 # same culling would end JupyterLab kernels of students who closed a tab for a minute.
+# The pool's next kernel starts 8 s after a page takes one (Voila's default, 1 s, has it run
+# the whole notebook while the first page still draws its widgets on the same cores: first
+# page of 03 9.5 s with 1 s, 4.7 s with 8 s; a reload 15 s later came in 0.6-0.9 s either way;
+# a longer delay makes an early reload wait for it).
 VOILA_APP = {
     "VoilaConfiguration": {"template": "numlab", "preheat_kernel": True, "default_pool_size": 1},
+    "VoilaKernelManager": {"fill_delay": 8},
     "MappingKernelManager": {"cull_idle_timeout": 40, "cull_interval": 10},
 }
 
