@@ -14,8 +14,8 @@ exercise cell (``check("04.1", my_answer)``) turned into two nbgrader cells:
 Then it writes OUT/nbgrader_config.py and runs nbgrader's generate_assignment for each
 notebook (through nbgrader's Python API, configured by that file), which creates the
 gradebook (OUT/gradebook.db) and the student versions in OUT/release/ (no solutions, no
-hidden tests, no outputs). Run the later nbgrader steps
-(release_assignment, collect, autograde, generate_feedback) from OUT.
+hidden tests, no outputs). Run the later nbgrader steps (release_assignment, collect,
+autograde, generate_feedback) from OUT.
 """
 from __future__ import annotations
 
@@ -184,11 +184,10 @@ def nbgrader_api(course: pathlib.Path, **settings):
     return NbGraderAPI(config=config)
 
 
-def succeeded(result: dict, step: str) -> dict:
-    """An NbGraderAPI result, or a RuntimeError with nbgrader's own log and traceback."""
+def succeeded(result: dict, step: str) -> None:
+    """Raise a RuntimeError with nbgrader's own log and traceback if an NbGraderAPI step failed."""
     if not result["success"]:
         raise RuntimeError(f"nbgrader {step} failed:\n{result.get('log', '')}{result.get('error', '')}")
-    return result
 
 
 def build(out: pathlib.Path, only: list[str] | None = None) -> dict[str, dict]:

@@ -15,7 +15,8 @@ import torch.distributed as dist
 from numlab._checks import fp32_number, int_at_least
 from numlab._checks import seed as check_seed
 from numlab.device import threads
-from numlab.distributed.launcher import FP32_FP64, Job, _check_world_size, _launch, _worker_device
+from numlab.distributed.bootstrap import worker_device
+from numlab.distributed.launcher import FP32_FP64, Job, _check_world_size, _launch
 from numlab.formats import resolve_dtype, short_name
 
 
@@ -126,7 +127,7 @@ def bn_check(x, cotangent, weight, bias):
     rank, world = dist.get_rank(), dist.get_world_size()
     per = x.shape[0] // world
     shard = slice(rank * per, (rank + 1) * per)
-    device = _worker_device()
+    device = worker_device()
     norm = CPUSyncBatchNorm(x.shape[1]).to(device, x.dtype)
     with torch.no_grad():
         norm.weight.copy_(weight)
@@ -149,7 +150,7 @@ def bn_train(per_device_batches, steps: int, lr: float, seed: int, test_size: in
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = _worker_device()
+    device = worker_device()
     xt, yt = _classification_data(test_size, torch.Generator().manual_seed(seed + 10_000))
     out = {}
     for b in per_device_batches:

@@ -11,7 +11,8 @@ import torch.distributed as dist
 from numlab._checks import fp32_number, int_at_least
 from numlab._checks import seed as check_seed
 from numlab.device import threads
-from numlab.distributed.launcher import FP32_FP64, Job, _check_world_size, _launch, _worker_device
+from numlab.distributed.bootstrap import worker_device
+from numlab.distributed.launcher import FP32_FP64, Job, _check_world_size, _launch
 from numlab.formats import COMPUTE_DTYPES, resolve_dtype, short_name
 
 
@@ -112,7 +113,7 @@ def ddp_train(global_batch: int, steps: int, dtype: torch.dtype, lr: float, seed
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    device, dt = _worker_device(), dtype
+    device, dt = worker_device(), dtype
     model = _mlp(seed, dt).to(device)
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.SGD(ddp.parameters(), lr=lr)

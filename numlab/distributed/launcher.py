@@ -3,7 +3,8 @@ process left behind on any way out.
 
 :func:`run_workers` runs one module-level function in every worker; :func:`_launch` runs
 several experiments (:class:`Job`: check arguments here, run in the workers, finish here) in
-one launch, since a launch costs seconds. :func:`_bootstrap` is what each spawned worker runs.
+one launch, since a launch costs seconds. What each spawned worker runs is in
+:mod:`numlab.distributed.bootstrap`.
 
 Worker functions must live in an importable module. A spawned worker is a new interpreter
 that imports the function by its module and name; a function typed into a notebook cell
@@ -11,7 +12,6 @@ belongs to the kernel's ``__main__``, which has no file the new interpreter coul
 """
 from __future__ import annotations
 
-import faulthandler
 import os
 import pickle
 import queue as queue_module
@@ -19,9 +19,7 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from numlab._checks import int_at_least
+from numlab.distributed.bootstrap import bootstrap
 
 FP32_FP64 = (torch.float32, torch.float64)  # the dtypes the experiments train in
 BACKENDS = ("auto", "gloo", "nccl")
@@ -181,7 +180,7 @@ def run_workers(fn: Callable, world_size: int, *args, backend: str = "auto",
     group_timeout = timeout + 30.0
     stack_dir = tempfile.mkdtemp(prefix="numlab-stacks-")
     processes = [
-        ctx.Process(target=_bootstrap, name=f"numlab-worker-{rank}",
+        ctx.Process(target=bootstrap, name=f"numlab-worker-{rank}",
                     args=(rank, world_size, backend, HOST, store.port, group_timeout, fn, args,
                           results_queue, os.getpid(), stack_dir))
         for rank in range(world_size)
@@ -303,15 +302,6 @@ def _root_cause(processes, reported: set, results_queue, results: dict, first,
     return WorkerError(rank, summary, tb)
 
 
-
-
-def _worker_device() -> torch.device:
-    """Inside a worker: the CUDA device of this rank under nccl, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 # --- several experiments in one launch ------------------------------------------------------
 @dataclass(frozen=True)
 class Job:
@@ -341,68 +331,3 @@ def _launch(world_size: int, jobs: list[tuple[Job, dict]], backend: str = "auto"
     calls = [(job.worker, _worker_kwargs(kw)) for job, kw in prepared]
     per_rank = run_workers(_run_calls, world_size, calls, backend=backend, timeout=timeout)
     return [job.finish([r[i] for r in per_rank], kw) for i, (job, kw) in enumerate(prepared)]
-
-
-# --- the _bootstrap every spawned worker runs --------------------------------------------------
-def _end_with_group(code: int) -> None:
-    """End this worker and everything it started (its process group, which it leads)."""
-    if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
-        os.killpg(os.getpid(), signal.SIGKILL)
-    os._exit(code)
-
-
-def _watch_parent(parent_pid: int) -> None:
-    # If the launching process dies without cleaning up (kill -9 of a kernel), the worker
-    # would be re-parented and live on; it notices and takes its whole process group (what
-    # it started, and itself) down with it.
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent_pid:
-            _end_with_group(3)
-
-
-def _stack_on_request(stack_dir: str, rank: int):
-    """On SIGUSR1 (sent by the launcher when this rank hangs), write every thread's Python
-    stack to ``stack_dir/rank<r>.stack``: the launcher's WorkerTimeout then shows where it was."""
-    if stack_dir is None or not hasattr(signal, "SIGUSR1"):
-        return None
-    f = open(os.path.join(stack_dir, f"rank{rank}.stack"), "w")  # noqa: SIM115 - open for life
-    faulthandler.register(signal.SIGUSR1, file=f, all_threads=True)
-    return f
-
-
-def _bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue, parent_pid,
-              stack_dir=None):
-    """Join the process group, run ``fn(*args)``, send back a pickled result or traceback."""
-    if hasattr(os, "setpgrp"):
-        # Own process group: the launcher can kill this worker *and anything it started*
-        # with one killpg, and a notebook's interrupt (SIGINT to the kernel's group) reaches
-        # only the launcher, which then tears the workers down in order.
-        os.setpgrp()
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    _stack_file = _stack_on_request(stack_dir, rank)  # noqa: F841 - kept open while fn runs
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    try:
-        store = dist.TCPStore(host, port, None, False, timeout=timedelta(seconds=timeout_s))
-        if backend == "nccl":
-            torch.cuda.set_device(rank % torch.cuda.device_count())
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s))
-        # A plain pickle (not multiprocessing's, which would share tensor storage through
-        # file descriptors that die with this process): the bytes travel on their own.
-        message = ("ok", rank, pickle.dumps(fn(*args)))
-    except BaseException as err:  # noqa: B036 - everything is reported, then the process ends
-        message = ("error", rank, f"{type(err).__name__}: {err}", traceback.format_exc())
-    queue.put(message)
-    # Flush before anything else: this rank's report must reach the launcher before the
-    # other ranks notice it is gone and report their own (secondary) errors.
-    queue.close()
-    queue.join_thread()
-    if message[0] == "ok":
-        dist.destroy_process_group()
-    # A failed worker takes what it started with it. So does any worker whose launcher is
-    # gone: when a killed launcher's first worker ends its group, its peer's collective
-    # fails at once ("connection reset"), and that peer must not leave its children behind
-    # before its own watch (every 0.5 s) would have seen the launcher go.
-    if message[0] != "ok" or os.getppid() != parent_pid:
-        _end_with_group(1)

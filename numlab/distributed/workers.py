@@ -9,12 +9,13 @@ import time
 import torch
 import torch.distributed as dist
 
-from numlab.distributed.launcher import Job, _worker_device
+from numlab.distributed.bootstrap import worker_device
+from numlab.distributed.launcher import Job
 
 
 def rank_info():
     """``(rank, world_size, sum of ranks by all_reduce, backend)``."""
-    t = torch.tensor([float(dist.get_rank())], device=_worker_device())  # nccl needs CUDA tensors
+    t = torch.tensor([float(dist.get_rank())], device=worker_device())  # nccl needs CUDA tensors
     dist.all_reduce(t)
     return dist.get_rank(), dist.get_world_size(), float(t), dist.get_backend()
 
