@@ -43,17 +43,23 @@ function nameSliders(el) {
   }
 }
 
+// A data: URL, not a blob: one (as ipywidgets.Image uses): Chromium loads a blob URL through
+// its browser process, 5-11 ms for a frame of 50-60 kB on a 2-core machine, and decodes a data
+// URL of the same PNG, base64 encoding included, in about 1 ms.
+function dataUrl(bytes) {
+  const u8 = ArrayBuffer.isView(bytes)  // a DataView from ipywidgets' buffers
+    ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : new Uint8Array(bytes);
+  let text = "";
+  for (let i = 0; i < u8.length; i += 0x8000) text += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000));
+  return "data:image/png;base64," + btoa(text);
+}
+
 function render({ model, el }) {
   const img = document.createElement("img");
   img.className = "widget-image numlab-figure";
-  let url = null;
   const show = () => {
     const bytes = model.get("value");
-    if (!bytes || !bytes.byteLength) return;
-    const next = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
-    img.src = next;
-    if (url) URL.revokeObjectURL(url);
-    url = next;
+    if (bytes && bytes.byteLength) img.src = dataUrl(bytes);
   };
   const label = () => { img.alt = model.get("alt"); };
   model.on("change:value", show);
@@ -78,7 +84,6 @@ function render({ model, el }) {
     clearTimeout(timer);
     model.off("change:value", show);
     model.off("change:alt", label);
-    if (url) URL.revokeObjectURL(url);
   };
 }
 export default { render };
