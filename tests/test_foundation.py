@@ -252,6 +252,19 @@ def test_jupyter_settings_turn_off_news(tmp_path):
     manager = voila_kernel_manager_factory(AsyncMappingKernelManager, True, 1)
     assert manager.__name__ == "VoilaKernelManager"
     assert pool == {"fill_delay": 8} and "fill_delay" in manager.class_trait_names(config=True)
+    # kernel messages without Nagle's delay, in JupyterLab (and voila/render) and in `voila`
+    from jupyter_server.serverapp import ServerApp
+    from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
+    from voila.app import Voila
+
+    from numlab._websocket import NoDelayConnection
+
+    assert issubclass(NoDelayConnection, ZMQChannelsWebsocketConnection)
+    server = json.loads((tmp_path / "etc/jupyter/jupyter_server_config.json").read_text())
+    voila = json.loads((tmp_path / "etc/jupyter/voila.json").read_text())
+    for app, config in [(ServerApp, server["ServerApp"]), (Voila, voila["Voila"])]:
+        assert "kernel_websocket_connection_class" in app.class_trait_names(config=True)
+        assert config["kernel_websocket_connection_class"] == "numlab._websocket.NoDelayConnection"
 
 
 def test_notebook_runner_flags_stderr_and_errors():

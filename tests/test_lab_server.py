@@ -5,14 +5,18 @@ The test runs the Makefile's own ``lab`` recipe (so ``--allow-root`` when root, 
 environment's tools, a private Jupyter config (no browser is opened) and a token. It checks
 that ``/api/status`` answers, that every notebook opens (as a document and in the JupyterLab
 page; the first also gets a kernel, which imports numlab from ``notebooks/``), and that
-stopping it leaves no process.
+stopping it leaves no process. The kernel's websocket answers a burst of small messages
+without Nagle's 40 ms hold-up (``numlab._websocket``).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
 import socket
+import time
+import uuid
 from urllib.parse import urlparse
 
 import pytest
@@ -37,6 +41,42 @@ def _run_in_kernel(connection_file, code: str, timeout: float = 120.0) -> str:
         return "".join(out)
     finally:
         client.stop_channels()
+
+
+def _held_back(server, kernel: str, requests: int = 20, hold_ms: float = 30.0) -> int:
+    """How many of ``requests`` executions of ``pass`` had their "idle" status reach a
+    websocket client ``hold_ms`` or more after their "busy" one (JSON protocol, as JupyterLab's
+    earlier front ends speak). With Nagle's algorithm on the server's socket every one of them
+    waits for the client's delayed acknowledgement, 40 ms on Linux; without, about 2 ms."""
+    from tornado.websocket import websocket_connect
+
+    url = f"{server.url.replace('http', 'ws', 1)}/api/kernels/{kernel}/channels?token={server.token}"
+
+    async def run() -> int:
+        ws = await websocket_connect(url)
+        held = 0
+        try:
+            for _ in range(requests):
+                msg_id = uuid.uuid4().hex
+                ws.write_message(json.dumps({
+                    "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "",
+                               "session": "test", "version": "5.3", "date": ""},
+                    "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                    "content": {"code": "pass", "silent": False, "store_history": False,
+                                "user_expressions": {}, "allow_stdin": False}}))
+                seen = {}
+                while len(seen) < 2:
+                    reply = json.loads(await asyncio.wait_for(ws.read_message(), 30))
+                    if reply["msg_type"] == "status" and reply["parent_header"].get("msg_id") == msg_id:
+                        seen[reply["content"]["execution_state"]] = time.perf_counter()
+
+                held += (seen["idle"] - seen["busy"]) * 1e3 >= hold_ms
+                await asyncio.sleep(0.05)
+        finally:
+            ws.close()
+        return held
+
+    return asyncio.run(run())
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="`make` is not installed")
@@ -76,6 +116,8 @@ def test_make_lab_serves_the_notebooks(tmp_path):
             assert connection.exists(), sorted(p.name for p in connection.parent.iterdir())
             out = _run_in_kernel(connection, "import os, numlab; print(os.getcwd())")
             assert out.strip() == str(expected[0].parent), "kernel not in notebooks/"
+            held = _held_back(server, kernel)
+            assert held <= 2, f"{held} of 20 kernel replies held back by Nagle's algorithm"
     finally:
         survivors = server.stop()
     assert not survivors, f"processes left running: {survivors}"

@@ -6,7 +6,9 @@ usage: python tools/jupyter_settings.py PREFIX   (e.g. .venv)
 - Voila: numlab's lecture-mode template (share/jupyter/voila/templates/numlab in this
   repository), copied into the environment and made the default both for ``voila`` itself
   (``make present``) and for the server's ``voila/render`` pages (Binder's lecture links);
-  for ``voila`` itself also preheated kernels and culling (below).
+  for ``voila`` itself also preheated kernels and culling (below);
+- all three (JupyterLab, the server's ``voila/render``, ``voila``): kernel messages go to the
+  browser without Nagle's delay (``numlab._websocket``).
 """
 import json
 import pathlib
@@ -22,6 +24,10 @@ OVERRIDES = {
     }
 }
 VOILA = {"VoilaConfiguration": {"template": "numlab"}}
+# jupyter_server_config.d is only read for the extensions it enables: ServerApp's own
+# settings go in jupyter_server_config.json.
+NO_DELAY = "numlab._websocket.NoDelayConnection"
+SERVER = {"ServerApp": {"kernel_websocket_connection_class": NO_DELAY}}
 # `voila` itself (make present): a kernel per notebook is started and runs the notebook ahead
 # of the request (preheated), so the page, and a lecturer's reload, comes at once; a kernel
 # whose page went away without saying so (a killed tab) is shut down after 40 s idle
@@ -35,13 +41,16 @@ VOILA_APP = {
     "VoilaConfiguration": {"template": "numlab", "preheat_kernel": True, "default_pool_size": 1},
     "VoilaKernelManager": {"fill_delay": 8},
     "MappingKernelManager": {"cull_idle_timeout": 40, "cull_interval": 10},
+    "Voila": {"kernel_websocket_connection_class": NO_DELAY},
 }
 
 
 def merge_json(path: pathlib.Path, settings: dict) -> None:
+    """Set ``settings`` ({section: {name: value}}) in a JSON config file, keeping the rest."""
     path.parent.mkdir(parents=True, exist_ok=True)
     current = json.loads(path.read_text()) if path.exists() else {}
-    current.update(settings)
+    for section, values in settings.items():
+        current[section] = {**current.get(section, {}), **values}
     path.write_text(json.dumps(current, indent=2) + "\n")
 
 
@@ -53,6 +62,7 @@ def main(prefix: str) -> None:
     shutil.copytree(TEMPLATE, target)
     merge_json(prefix / "etc" / "jupyter" / "voila.json", VOILA_APP)
     merge_json(prefix / "etc" / "jupyter" / "jupyter_server_config.d" / "numlab_voila.json", VOILA)
+    merge_json(prefix / "etc" / "jupyter" / "jupyter_server_config.json", SERVER)
 
 
 if __name__ == "__main__":
