@@ -50,7 +50,9 @@ function dataUrl(bytes) {
   const u8 = ArrayBuffer.isView(bytes)  // a DataView from ipywidgets' buffers
     ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : new Uint8Array(bytes);
   let text = "";
-  for (let i = 0; i < u8.length; i += 0x8000) text += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000));
+  for (let i = 0; i < u8.length; i += 0x8000) {  // in chunks: apply() takes only so many arguments
+    text += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000));
+  }
   return "data:image/png;base64," + btoa(text);
 }
 
