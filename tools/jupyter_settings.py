@@ -25,7 +25,8 @@ OVERRIDES = {
 }
 VOILA = {"VoilaConfiguration": {"template": "numlab"}}
 # jupyter_server_config.d is only read for the extensions it enables: ServerApp's own
-# settings go in jupyter_server_config.json.
+# settings go in jupyter_server_config.json. (So the server's voila/render takes numlab's
+# template from voila.json, which Voila's server extension reads, not from numlab_voila.json.)
 NO_DELAY = "numlab._websocket.NoDelayConnection"
 SERVER = {"ServerApp": {"kernel_websocket_connection_class": NO_DELAY}}
 # `voila` itself (make present): a kernel per notebook is started and runs the notebook ahead
