@@ -42,9 +42,19 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    browser = "tests/browser/"
+
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "tests/browser/" if path.startswith("tests/browser/") else path
+            return browser if path.startswith(browser) else path
+
+        def _assign_work_unit(self, node) -> None:
+            # The browser tests first: at about 250 s they are half the run, and started
+            # after other files (xdist queues the files with most tests first) they were
+            # the last to finish, 30-40 s after the other worker had run out of work.
+            if browser in self.workqueue:
+                self.workqueue.move_to_end(browser, last=False)
+            super()._assign_work_unit(node)
 
     return FileScheduling(config, log)
