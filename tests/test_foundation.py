@@ -242,8 +242,9 @@ def test_jupyter_settings_turn_off_news(tmp_path):
     # lecture mode's template, the default for `voila` and for the server's voila/render
     template = tmp_path / "share/jupyter/voila/templates/numlab"
     assert json.loads((template / "conf.json").read_text())["base_template"] == "lab"
-    for config in ("etc/jupyter/voila.json", "etc/jupyter/jupyter_server_config.d/numlab_voila.json"):
-        assert json.loads((tmp_path / config).read_text())["VoilaConfiguration"]["template"] == "numlab"
+    voila_json = json.loads((tmp_path / "etc/jupyter/voila.json").read_text())
+    assert voila_json["VoilaConfiguration"]["template"] == "numlab"
+    assert not (tmp_path / "etc/jupyter/jupyter_server_config.d/numlab_voila.json").exists()
     # make present's pool: traitlets ignores a misspelt class or trait, so ask Voila's own class
     from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
     from voila.voila_kernel_manager import voila_kernel_manager_factory

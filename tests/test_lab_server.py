@@ -6,7 +6,8 @@ environment's tools, a private Jupyter config (no browser is opened) and a token
 that ``/api/status`` answers, that every notebook opens (as a document and in the JupyterLab
 page; the first also gets a kernel, which imports numlab from ``notebooks/``), and that
 stopping it leaves no process. The kernel's websocket answers a burst of small messages
-without Nagle's 40 ms hold-up (``numlab._websocket``).
+without Nagle's 40 ms hold-up (``numlab._websocket``), and the server's ``voila/render``
+(Binder's lecture links) shows numlab's lecture template.
 """
 from __future__ import annotations
 
@@ -118,6 +119,14 @@ def test_make_lab_serves_the_notebooks(tmp_path):
             assert out.strip() == str(expected[0].parent), "kernel not in notebooks/"
             held = _held_back(server, kernel)
             assert held <= 2, f"{held} of 20 kernel replies held back by Nagle's algorithm"
+
+            # Binder's lecture links: the server's voila/render shows numlab's lecture
+            # template (20 px prose, no Font Awesome from a CDN), not Voila's lab template.
+            code, page = server.get(f"/voila/render/{expected[0].name}", timeout=120)
+            server.remember_children()
+            assert code == 200, f"voila/render: {code} {page[:300]!r}"
+            assert b"--jp-content-font-size1: 20px" in page, "voila/render: not numlab's template"
+            assert b"cdn.jsdelivr.net" not in page, "voila/render links a CDN"
     finally:
         survivors = server.stop()
     assert not survivors, f"processes left running: {survivors}"

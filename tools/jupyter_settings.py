@@ -23,10 +23,12 @@ OVERRIDES = {
         "checkForUpdates": False,
     }
 }
-VOILA = {"VoilaConfiguration": {"template": "numlab"}}
 # jupyter_server_config.d is only read for the extensions it enables: ServerApp's own
-# settings go in jupyter_server_config.json. (So the server's voila/render takes numlab's
-# template from voila.json, which Voila's server extension reads, not from numlab_voila.json.)
+# settings go in jupyter_server_config.json, and the server's voila/render takes numlab's
+# template from voila.json, which Voila's server extension reads (tests/test_lab_server.py
+# asks voila/render for a page). Earlier versions also wrote a VoilaConfiguration into
+# jupyter_server_config.d/numlab_voila.json, which nothing read: it is removed.
+STALE = "etc/jupyter/jupyter_server_config.d/numlab_voila.json"
 NO_DELAY = "numlab._websocket.NoDelayConnection"
 SERVER = {"ServerApp": {"kernel_websocket_connection_class": NO_DELAY}}
 # `voila` itself (make present): a kernel per notebook is started and runs the notebook ahead
@@ -62,7 +64,7 @@ def main(prefix: str) -> None:
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(TEMPLATE, target)
     merge_json(prefix / "etc" / "jupyter" / "voila.json", VOILA_APP)
-    merge_json(prefix / "etc" / "jupyter" / "jupyter_server_config.d" / "numlab_voila.json", VOILA)
+    (prefix / STALE).unlink(missing_ok=True)
     merge_json(prefix / "etc" / "jupyter" / "jupyter_server_config.json", SERVER)
 
 
