@@ -12,7 +12,8 @@ One module per concept, everything re-exported here (``numlab.distributed.run_wo
   floating-point additions), and :func:`reduction_order`.
 * :mod:`~numlab.distributed.batchnorm`: :func:`batchnorm_sync` / :func:`batchnorm_check`,
   local vs synchronised BatchNorm statistics across workers (``torch.nn.SyncBatchNorm`` on
-  CUDA; an all-reduce inside the autograd graph on CPU, where SyncBatchNorm cannot train).
+  CUDA; on CPU, where SyncBatchNorm cannot train, the workers' statistics gathered and merged
+  inside the autograd graph).
 * :mod:`~numlab.distributed.stale`: :func:`stale_sgd` / :func:`stale_sweep`, gradients
   computed on weights ``k`` steps old, simulated in one process for a whole lr x k grid.
 * :mod:`~numlab.distributed.jobs`: :func:`run_many`, several experiments by name in *one*

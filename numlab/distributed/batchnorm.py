@@ -36,35 +36,41 @@ def _bn_classifier(seed: int, sync: bool, features: int = 8, hidden: int = 32, c
                                torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """``all_reduce(SUM)`` that autograd can differentiate: its backward all-reduces too.
+class _AllGather(torch.autograd.Function):
+    """``all_gather`` that autograd can differentiate: every worker's tensor, stacked in rank
+    order, on every worker.
 
-    If every worker's output is ``S = sum_r t_r``, the total loss depends on ``t_r`` only
-    through ``S``, so ``dL/dt_r = sum_q dL_q/dS``: the sum of all workers' incoming grads.
+    Each worker's loss ``L_q`` may depend on every row of the result, so the gradient of the
+    total loss with respect to this worker's row is ``sum_q dL_q/d(row)``: its backward is
+    one all-reduce-sum of the incoming gradients, of which each worker keeps its own row.
     """
 
     @staticmethod
     def forward(ctx, tensor):
-        out = tensor.clone()
-        dist.all_reduce(out)
-        return out
+        rows = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(rows, tensor.contiguous())
+        return torch.stack(rows)
 
     @staticmethod
     def backward(ctx, grad):
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total[dist.get_rank()]
 
 
 class CPUSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose batch statistics are summed over every worker, inside autograd.
+    """BatchNorm whose batch statistics are those of every worker's samples together, inside
+    autograd.
 
-    ``torch.nn.SyncBatchNorm`` only trains on accelerators. Here each worker sums ``x`` and
-    its count over its shard; one :class:`_AllReduceSum` gives the global sums and the
-    global mean, a second one ``sum((x - mean)**2)``, hence the biased variance of the
-    *whole* batch (two passes: no ``E[x^2] - E[x]^2`` cancellation). The backward of an
-    all-reduce-sum is an all-reduce-sum of the incoming gradients, so each worker's input
-    gradient also sees the other workers' losses, exactly as in full-batch BatchNorm.
+    ``torch.nn.SyncBatchNorm`` only trains on accelerators. This one follows its design: each
+    worker computes its shard's count, mean and sum of squared deviations ``M2`` (two passes
+    over its own samples), one :class:`_AllGather` gives every worker all of them, and each
+    combines them into the mean and biased variance of the *whole* batch:
+    ``mean = sum_r n_r m_r / N``, ``M2 = sum_r (M2_r + n_r (m_r - mean)**2)`` (Chan et al.'s
+    pairwise formula: no ``E[x^2] - E[x]^2`` cancellation). The gather's backward is one
+    all-reduce-sum of the incoming gradients, so each worker's input gradient also sees the
+    other workers' losses, exactly as in full-batch BatchNorm: one collective each way per
+    layer and step, as torch's layer uses on a GPU.
     Outside training, or without a process group of size > 1, this is plain BatchNorm.
     Works for (N, C) and (N, C, ...) inputs.
     """
@@ -80,12 +86,15 @@ class CPUSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        local_count = x.new_full((1,), x.numel() // x.shape[1])
-        sums = _AllReduceSum.apply(torch.cat([x.sum(dims), local_count]))
-        count = sums[-1].detach()
-        mean = sums[:-1] / count
+        local_mean = x.mean(dims)
+        local_m2 = (x - local_mean.view(shape)).square().sum(dims)
+        local_count = torch.full_like(local_mean, x.numel() // x.shape[1])
+        stats = _AllGather.apply(torch.stack([local_count, local_mean, local_m2]))
+        counts, means, m2s = stats[:, 0].detach(), stats[:, 1], stats[:, 2]  # (workers, C)
+        count = counts.sum(0)
+        mean = (counts * means).sum(0) / count
+        var = (m2s + counts * (means - mean).square()).sum(0) / count
         centred = x - mean.view(shape)
-        var = _AllReduceSum.apply((centred * centred).sum(dims)) / count
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
