@@ -292,6 +292,26 @@ def test_synchronised_batchnorm_equals_full_batch(launched, index, tol):
     assert check.worst < tol, check
 
 
+def test_synchronised_batchnorm_merges_shards_of_unequal_size():
+    # 3 and 7 samples: a merge that averaged the shards' means without their counts would
+    # pass the equal shards above and fail here. Oracle: torch's batch_norm on all 10 rows.
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 4, generator=gen, dtype=torch.float64) * 3 + 2
+    cotangent = torch.randn(10, 4, generator=gen, dtype=torch.float64)
+    ranks = nd.run_workers(workers.batchnorm_shards, 2, x, cotangent, (3, 7), timeout=120)
+    xr = x.clone().requires_grad_(True)
+    weight = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    running_var = torch.ones(4, dtype=torch.float64)
+    y = torch.nn.functional.batch_norm(xr, torch.zeros(4, dtype=torch.float64), running_var,
+                                       weight, torch.zeros(4, dtype=torch.float64), training=True)
+    (y * cotangent).sum().backward()
+    torch.testing.assert_close(torch.cat([r[0] for r in ranks]), y.detach())
+    torch.testing.assert_close(torch.cat([r[1] for r in ranks]), xr.grad)
+    torch.testing.assert_close(ranks[0][2] + ranks[1][2], weight.grad)  # DDP sums these
+    for r in ranks:
+        torch.testing.assert_close(r[3], running_var)
+
+
 def test_local_batchnorm_is_not_full_batch():
     # the contrast to the test above: normalising each shard by itself changes the output
     x = torch.randn(16, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
