@@ -50,7 +50,7 @@ ARM_JS = """([index, drag]) => {
             explorer.addEventListener(kind, stamp, { capture: true, once: true });
         }
     }
-    const bar = explorer.querySelector(".widget-progress .progress-bar");
+    const bar = explorer.querySelector(".widget-hprogress .progress-bar");
     if (bar) {
         const seen = new MutationObserver(() => {
             if (state.t0 !== null && state.progress === null) {
@@ -142,7 +142,7 @@ def actions(explorer, steps: int, drags: int = 2):
 
 SHOWN_JS = """() => [...document.querySelectorAll(".numlab-explorer")].map((e) => ({
     name: [...e.classList].find((c) => c.startsWith("numlab-") && c !== "numlab-explorer"),
-    slow: !!e.querySelector(".widget-progress"),
+    slow: !!e.querySelector(".widget-hprogress"),
     width: Math.round(e.querySelector("img.widget-image").getBoundingClientRect().width),
 }))"""
 

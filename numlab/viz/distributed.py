@@ -187,7 +187,7 @@ class BatchNormExplorer(Explorer):
 
     figsize = (8, 4.2)
     slow = True  # a worker count not seen before launches processes and trains
-    expected_s = 16.0  # what one launch and training took here; the bar's scale until one ends
+    expected_s = 12.0  # what one launch and training of 4 took here; the bar's scale until one ends
 
     def __init__(self, controls, precomputed: dict, runner, batches):
         self.precomputed = precomputed  # {world_size: BatchNormSweep} the reader passed in
