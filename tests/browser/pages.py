@@ -5,6 +5,7 @@ import base64
 import json
 import pathlib
 import re
+import time
 from urllib.parse import urlparse
 
 STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
@@ -53,6 +54,26 @@ def wait_image_loaded(img, timeout_ms: float) -> None:
         "(img) => img.complete && img.naturalWidth > 0 && img.src",
         arg=img.element_handle(), timeout=timeout_ms,
     )
+
+
+def wait_settled(img, timeout_ms: float, quiet_ms: float = 1000) -> str:
+    """Wait until ``img`` has shown the same loaded frame for ``quiet_ms``; return its src.
+
+    A slow widget moved several times (the keyboard check's three presses) sends its frames
+    one after another, each a few hundred ms apart; a test that reads "the figure before"
+    while the last of them is still on its way compares that late frame with itself."""
+    page = img.page
+    deadline = time.monotonic() + timeout_ms / 1000
+    src = img.get_attribute("src")
+    while True:
+        wait_image_loaded(img, timeout_ms)
+        page.wait_for_timeout(quiet_ms)
+        now = img.get_attribute("src")
+        if now == src:
+            return src
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the figure still changed after {timeout_ms / 1000:.0f} s")
+        src = now
 
 
 def error_texts(page) -> list[str]:
@@ -127,8 +148,7 @@ def interact(explorer) -> str:
 def change_and_compare(explorer, timeout_ms: float) -> tuple[str, bytes, bytes]:
     """Move a control of ``explorer``; wait for its figure to be replaced; return both PNGs."""
     img = explorer.locator("img.widget-image").first
-    wait_image_loaded(img, timeout_ms)
-    before_src = img.get_attribute("src")
+    before_src = wait_settled(img, timeout_ms)
     before = image_bytes(img)
     action = interact(explorer)
     try:
