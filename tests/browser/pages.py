@@ -56,13 +56,16 @@ def wait_image_loaded(img, timeout_ms: float) -> None:
     )
 
 
-def wait_settled(img, timeout_ms: float, quiet_ms: float = 1000) -> str:
-    """Wait until ``img`` has shown the same loaded frame for ``quiet_ms``; return its src.
+def wait_settled(img, timeout_ms: float) -> str:
+    """Wait until ``img`` has shown the same loaded frame for a while; return its src.
 
     A slow widget moved several times (the keyboard check's three presses) sends its frames
     one after another, each a few hundred ms apart; a test that reads "the figure before"
-    while the last of them is still on its way compares that late frame with itself."""
+    while the last of them is still on its way compares that late frame with itself. The
+    while: 1 s for a widget with a progress bar (one that trains), 300 ms for the others."""
     page = img.page
+    slow = img.evaluate("(i) => !!i.closest('.numlab-explorer')?.querySelector('.widget-hprogress')")
+    quiet_ms = 1000 if slow else 300
     deadline = time.monotonic() + timeout_ms / 1000
     src = img.get_attribute("src")
     while True:
