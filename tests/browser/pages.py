@@ -62,10 +62,10 @@ def wait_settled(img, timeout_ms: float) -> str:
     A slow widget moved several times (the keyboard check's three presses) sends its frames
     one after another, each a few hundred ms apart; a test that reads "the figure before"
     while the last of them is still on its way compares that late frame with itself. The
-    while: 1 s for a widget with a progress bar (one that trains), 300 ms for the others."""
+    while: 800 ms for a widget with a progress bar (one that trains), 300 ms for the others."""
     page = img.page
     slow = img.evaluate("(i) => !!i.closest('.numlab-explorer')?.querySelector('.widget-hprogress')")
-    quiet_ms = 1000 if slow else 300
+    quiet_ms = 800 if slow else 300
     deadline = time.monotonic() + timeout_ms / 1000
     src = img.get_attribute("src")
     while True:
