@@ -12,6 +12,7 @@ without Nagle's 40 ms hold-up (``numlab._websocket``), and the server's ``voila/
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import secrets
 import shutil
@@ -77,7 +78,10 @@ def _held_back(server, kernel: str, requests: int = 20, hold_ms: float = 30.0) -
             ws.close()
         return held
 
-    return asyncio.run(run())
+    # In a thread of its own: in a pytest process where the browser tests ran, playwright's
+    # event loop is still running in this thread, and asyncio.run() refuses to start there.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="`make` is not installed")
