@@ -167,7 +167,7 @@ NOT_IN_TABLE = {"main", "install_spec", "install_guard", "Job", "NanGuard", "Pai
                 # worker functions: the launcher calls them inside a process group, with
                 # arguments its public entry point (run_many, ddp_equivalence, ...) checked
                 "rank_info", "fail_on", "die_on", "hang_on", "torch_syncbn_on_cpu", "ddp_train",
-                "bn_check", "bn_train", "batchnorm_shards"}
+                "bn_check", "bn_train"}
 MODULES = [formats, finite_diff, gradcheck, sm, forms, breaks, sweeps, clipping, depth, clip, rnn,
            mp, training, speed,
            distributed, launcher, ddp, batchnorm, stale, jobs, workers,

@@ -298,18 +298,19 @@ def test_synchronised_batchnorm_merges_shards_of_unequal_size():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(10, 4, generator=gen, dtype=torch.float64) * 3 + 2
     cotangent = torch.randn(10, 4, generator=gen, dtype=torch.float64)
-    ranks = nd.run_workers(workers.batchnorm_shards, 2, x, cotangent, (3, 7), timeout=120)
+    ones, zeros = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    ranks = nd.run_workers(batchnorm.bn_check, 2, x, cotangent, ones, zeros, (3, 7), timeout=120)
     xr = x.clone().requires_grad_(True)
     weight = torch.ones(4, dtype=torch.float64, requires_grad=True)
     running_var = torch.ones(4, dtype=torch.float64)
     y = torch.nn.functional.batch_norm(xr, torch.zeros(4, dtype=torch.float64), running_var,
                                        weight, torch.zeros(4, dtype=torch.float64), training=True)
     (y * cotangent).sum().backward()
-    torch.testing.assert_close(torch.cat([r[0] for r in ranks]), y.detach())
-    torch.testing.assert_close(torch.cat([r[1] for r in ranks]), xr.grad)
-    torch.testing.assert_close(ranks[0][2] + ranks[1][2], weight.grad)  # DDP sums these
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach())
+    torch.testing.assert_close(torch.cat([r["x_grad"] for r in ranks]), xr.grad)
+    torch.testing.assert_close(ranks[0]["w_grad"] + ranks[1]["w_grad"], weight.grad)  # DDP sums these
     for r in ranks:
-        torch.testing.assert_close(r[3], running_var)
+        torch.testing.assert_close(r["running_var"], running_var)
 
 
 def test_local_batchnorm_is_not_full_batch():

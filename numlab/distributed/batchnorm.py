@@ -117,9 +117,6 @@ def _sync_batchnorm(model, device: torch.device):
     return model
 
 
-
-
-
 def _no_buffer_sync() -> dict:
     # torch >= 2.13 renamed the option (and warns about the old name); older ones lack it
     import inspect
@@ -131,11 +128,13 @@ def _no_buffer_sync() -> dict:
     return {"broadcast_buffers": False}
 
 
-def bn_check(x, cotangent, weight, bias):
-    """One synchronised-BatchNorm forward/backward on this rank's shard of the batch ``x``."""
+def bn_check(x, cotangent, weight, bias, sizes=None):
+    """One synchronised-BatchNorm forward/backward on this rank's shard of the batch ``x``:
+    equal shards, or this rank's ``sizes[rank]`` rows (unequal shards, as a last batch gives)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    per = x.shape[0] // world
-    shard = slice(rank * per, (rank + 1) * per)
+    sizes = sizes or [x.shape[0] // world] * world
+    start = sum(sizes[:rank])
+    shard = slice(start, start + sizes[rank])
     device = worker_device()
     norm = CPUSyncBatchNorm(x.shape[1]).to(device, x.dtype)
     with torch.no_grad():

@@ -80,23 +80,6 @@ def torch_syncbn_on_cpu() -> str:
     return "trained on CPU"
 
 
-
-def batchnorm_shards(x, cotangent, sizes):
-    """:class:`~numlab.distributed.batchnorm.CPUSyncBatchNorm`'s forward and backward on this
-    rank's ``sizes[rank]`` rows of ``x`` (shards of unequal size, as a last batch can give):
-    its output, input gradient, weight gradient and running variance."""
-    from numlab.distributed.batchnorm import CPUSyncBatchNorm
-
-    rank = dist.get_rank()
-    start = sum(sizes[:rank])
-    shard = slice(start, start + sizes[rank])
-    norm = CPUSyncBatchNorm(x.shape[1]).to(x.dtype)
-    xs = x[shard].clone().requires_grad_(True)
-    y = norm(xs)
-    (y * cotangent[shard]).sum().backward()
-    return y.detach(), xs.grad, norm.weight.grad, norm.running_var.clone()
-
-
 def _no_arguments(world_size):
     return {}
 
