@@ -31,6 +31,17 @@ pytestmark = pytest.mark.browser
 
 NOTEBOOKS = notebooks()
 LAPTOP = {"width": 1366, "height": 768 - 110}  # 1366x768 less the browser's tab and address bars
+FITS_JS = """() => {
+  const panel = document.querySelector(".jp-NotebookPanel-notebook").getBoundingClientRect();
+  return [...document.querySelectorAll(".numlab-explorer")].every(e => {
+    const box = e.getBoundingClientRect();
+    return box.height <= panel.height && box.width <= panel.width + 1;
+  });
+}"""
+# An explorer's parts, top to bottom, for the message when one does not fit.
+PART_HEIGHTS_JS = """(el) => [...el.children].map(c =>
+  `${c.className.split(" ").filter(n => n.startsWith("widget-") || n.startsWith("numlab-")).join(".")
+   || c.tagName} ${Math.round(c.getBoundingClientRect().height)} px`).join(", ")"""
 RUN_TIMEOUT_MS = 240_000  # the slowest notebook, run all, on a busy 2-core machine
 WIDGET_TIMEOUT_MS = 60_000  # one redraw of a slow (training) widget
 TOP_OUTPUTS = ".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output"
@@ -165,14 +176,21 @@ def test_notebook_in_jupyterlab(notebook, lab, browser_page, screenshot_dir, rec
         assert tabs.count(), "JupyterLab's left side bar was not found"
         if not page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").count():
             tabs.first.click()  # open the file browser, as a student has it
-        page.wait_for_timeout(500)  # the layout settles
+        # The layout settles (the figures re-render at the new width) in well under a second
+        # on a quiet machine; a busy one can take longer, so wait for it, then measure.
+        try:
+            page.wait_for_function(FITS_JS, timeout=10_000)
+        except Exception:
+            pass  # reported just below, with the sizes
+        page.wait_for_timeout(300)
         panel = page.locator(".jp-NotebookPanel-notebook").first.bounding_box()
         too_big = []
         for index in range(explorers.count()):
             box = explorers.nth(index).bounding_box()
             if box["height"] > panel["height"] or box["width"] > panel["width"] + 1:
+                parts = explorers.nth(index).evaluate(PART_HEIGHTS_JS)
                 too_big.append(f"explorer {index}: {box['width']:.0f}x{box['height']:.0f} px in a "
-                               f"{panel['width']:.0f}x{panel['height']:.0f} panel")
+                               f"{panel['width']:.0f}x{panel['height']:.0f} panel ({parts})")
         page.set_viewport_size(desktop)
         page.wait_for_timeout(300)
         assert not too_big, f"{name}: widgets do not fit a 1366x768 laptop screen: {too_big}"
