@@ -42,6 +42,19 @@ FITS_JS = """() => {
 PART_HEIGHTS_JS = """(el) => [...el.children].map(c =>
   `${c.className.split(" ").filter(n => n.startsWith("widget-") || n.startsWith("numlab-")).join(".")
    || c.tagName} ${Math.round(c.getBoundingClientRect().height)} px`).join(", ")"""
+# window.jupyterapp (--LabApp.expose_app_in_browser): open a notebook in the loaded tab, and
+# close every document without the "save changes?" dialog (autosave is off in the tests).
+APP_READY_JS = "() => window.jupyterapp?.shell?.isAttached && !!document.querySelector('.jp-LabShell')"
+OPEN_JS = """async (path) => {
+  await window.jupyterapp.restored;
+  await window.jupyterapp.commands.execute("docmanager:open", {path, factory: "Notebook"});
+}"""
+CLOSE_ALL_JS = """() => {
+  for (const widget of Array.from(window.jupyterapp.shell.widgets("main"))) {
+    if (widget.context) widget.context.model.dirty = false;
+    widget.dispose();
+  }
+}"""
 RUN_TIMEOUT_MS = 240_000  # the slowest notebook, run all, on a busy 2-core machine
 WIDGET_TIMEOUT_MS = 60_000  # one redraw of a slow (training) widget
 TOP_OUTPUTS = ".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output"
@@ -118,12 +131,51 @@ def _widget_outputs(cells):
     return sum(WIDGET_MIME in out.get("data", {}) for outputs in cells for out in outputs)
 
 
+@pytest.fixture(scope="module")
+def lab_tab(chromium, lab):
+    """One JupyterLab tab for all the notebooks' tests, as a student keeps one open.
+
+    JupyterLab takes 3-4 s to load in a new tab here, and opens a notebook in one already
+    loaded at once. Replaced after a failed test, so a page left in a bad state takes no
+    other test with it.
+    """
+    tab = {"page": None}
+    yield tab
+    if tab["page"] is not None:
+        tab["page"].close()
+
+
+@pytest.fixture
+def lab_page(lab_tab, lab, chromium, request, tmp_path):
+    """The shared JupyterLab tab with nothing open; afterwards the test's notebook is closed
+    unsaved (the test cleared and re-ran its outputs), or, after a failure, the tab is saved
+    as a screenshot and closed."""
+    if lab_tab["page"] is None:
+        page = chromium.new_page()
+        # ?reset: a fresh workspace, so notebooks opened by earlier sessions are not restored.
+        page.goto(f"{lab.url}/lab?reset&token={lab.token}")
+        page.wait_for_function(APP_READY_JS, timeout=90_000)
+        lab_tab["page"] = page
+    page = lab_tab["page"]
+    yield page
+    if getattr(request.node, "browser_call_failed", False):
+        shot = tmp_path / "failure.png"
+        try:
+            page.screenshot(path=shot, full_page=True)
+            print(f"page at the failure: {shot}")
+        except Exception as err:  # the page may be gone; the failure itself is reported
+            print(f"no screenshot of the failed page: {err}")
+        page.close()
+        lab_tab["page"] = None
+    else:
+        page.evaluate(CLOSE_ALL_JS)
+
+
 @pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks/NN_*.ipynb to test")
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_in_jupyterlab(notebook, lab, browser_page, screenshot_dir, record_property):
-    page, name = browser_page, notebook.name
-    # ?reset: a fresh workspace, so notebooks opened by earlier tests are not restored.
-    page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
+def test_notebook_in_jupyterlab(notebook, lab, lab_page, screenshot_dir, record_property):
+    page, name = lab_page, notebook.name
+    page.evaluate(OPEN_JS, name)
     try:
         page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=90_000)
         _wait_kernel_idle(lab, page, name, timeout_s=120)
