@@ -24,9 +24,10 @@ The same demos run from the command line and under torchrun (``__main__``):
 ``torchrun --nproc-per-node 2 -m numlab.distributed ddp``.
 
 Worker functions must live in an importable module (numlab's are in this package). A
-spawned worker is a new interpreter that imports the function by its module and name; a
-function typed into a notebook cell belongs to the kernel's ``__main__``, which has no file
-the new interpreter could import, so it cannot be sent.
+worker is a process that has never run the notebook (forked from multiprocessing's fork
+server, or a new interpreter where there is none): it imports the function by its module and
+name, and a function typed into a notebook cell belongs to the kernel's ``__main__``, which
+has no file the worker could import, so it cannot be sent.
 """
 from numlab.distributed.batchnorm import (
     BatchNormCheck,

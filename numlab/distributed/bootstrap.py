@@ -1,4 +1,4 @@
-"""What runs inside each spawned worker: join the process group, run the function, send back
+"""What runs inside each worker: join the process group, run the function, send back
 its result or traceback, and never outlive the launcher.
 
 A worker leads its own process group, so one ``killpg`` ends it and whatever it started: the
@@ -8,13 +8,14 @@ launcher is gone (a kernel killed with SIGKILL cannot clean up after itself).
 from __future__ import annotations
 
 import faulthandler
+import multiprocessing
 import os
 import pickle
 import signal
 import threading
-import time
 import traceback
 from datetime import timedelta
+from multiprocessing.connection import wait
 
 import torch
 import torch.distributed as dist
@@ -34,14 +35,14 @@ def _end_with_group(code: int) -> None:
     os._exit(code)
 
 
-def _watch_parent(parent_pid: int) -> None:
-    # If the launching process dies without cleaning up (kill -9 of a kernel), the worker
-    # would be re-parented and live on; it notices and takes its whole process group (what
-    # it started, and itself) down with it.
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent_pid:
-            _end_with_group(3)
+def _watch_launcher() -> None:
+    # If the launcher dies without cleaning up (kill -9 of a kernel), the worker would live
+    # on. multiprocessing keeps a pipe open from the launcher to each worker it started
+    # (spawned or forked by the fork server alike), which reaches its end when the launcher
+    # is gone: the worker then takes its whole process group (what it started, and itself)
+    # down with it.
+    wait([multiprocessing.parent_process().sentinel])
+    _end_with_group(3)
 
 
 def _stack_on_request(stack_dir: str, rank: int):
@@ -54,15 +55,14 @@ def _stack_on_request(stack_dir: str, rank: int):
     return f
 
 
-def bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue, parent_pid,
-              stack_dir=None):
+def bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue, stack_dir=None):
     """Join the process group, run ``fn(*args)``, send back a pickled result or traceback."""
     if hasattr(os, "setpgrp"):
         # Own process group: the launcher can kill this worker *and anything it started*
         # with one killpg, and a notebook's interrupt (SIGINT to the kernel's group) reaches
         # only the launcher, which then tears the workers down in order.
         os.setpgrp()
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_watch_launcher, daemon=True).start()
     _stack_file = _stack_on_request(stack_dir, rank)  # noqa: F841 - kept open while fn runs
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
@@ -86,6 +86,6 @@ def bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue,
     # A failed worker takes what it started with it. So does any worker whose launcher is
     # gone: when a killed launcher's first worker ends its group, its peer's collective
     # fails at once ("connection reset"), and that peer must not leave its children behind
-    # before its own watch (every 0.5 s) would have seen the launcher go.
-    if message[0] != "ok" or os.getppid() != parent_pid:
+    # even if its own watch has not yet been scheduled.
+    if message[0] != "ok" or not multiprocessing.parent_process().is_alive():
         _end_with_group(1)
