@@ -1,8 +1,9 @@
 """numlab.distributed: the launcher's guarantees, DDP and synchronised BatchNorm against one
 process, stale SGD against its closed-form stability bound, and the torchrun entry point.
 
-A launch costs a couple of seconds (each worker imports torch), so the experiments share
-one launch (the ``launched`` fixture) and each launcher guarantee gets exactly one.
+A launch costs seconds (the first starts the fork server, which imports torch; every worker
+then trains), so the experiments share one launch (the ``launched`` fixture) and each
+launcher guarantee gets exactly one.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 
 from numlab import distributed as nd
 from numlab.distributed import __main__ as cli
-from numlab.distributed import batchnorm, ddp, workers
+from numlab.distributed import batchnorm, ddp, launcher, workers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -171,6 +172,15 @@ def test_function_from_a_notebook_cell_is_refused_with_the_reason(monkeypatch):
     worker = _notebook_function(monkeypatch)
     with pytest.raises(ValueError, match=r"'__main__'.*no file to import"):
         nd.run_workers(worker, 2)
+
+
+def test_workers_are_forked_by_one_fork_server_and_spawned_without_one(monkeypatch):
+    # os.getppid in the workers: who started them
+    first, second = nd.run_workers(os.getppid, 2), nd.run_workers(os.getppid, 2)
+    assert len(set(first + second)) == 1  # one fork server, kept from launch to launch
+    assert first[0] != os.getpid() and _alive(first[0])
+    monkeypatch.setattr(launcher.mp, "get_all_start_methods", lambda: ["spawn"])  # Windows
+    assert nd.run_workers(os.getppid, 2) == [os.getpid()] * 2  # spawned by the launcher
 
 
 def test_why_a_notebook_function_cannot_be_spawned(monkeypatch):
