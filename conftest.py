@@ -43,6 +43,12 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     browser = "tests/browser/"
+    # Handed out first, longest first: the browser tests (about 250 s, half the run), torch's
+    # operator database (30-60 s beside them) and the nbgrader course (35 s). xdist queues
+    # the files with most tests first, and these have few: handed out last, the browser
+    # tests ended 30-40 s after the other worker had run out of work, and the operator
+    # database test, one test, often ran alone at the end.
+    first = (browser, "tests/test_gradcheck_opdb.py", "tests/test_assignments.py")
 
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -50,11 +56,9 @@ def pytest_xdist_make_scheduler(config, log):
             return browser if path.startswith(browser) else path
 
         def _assign_work_unit(self, node) -> None:
-            # The browser tests first: at about 250 s they are half the run, and started
-            # after other files (xdist queues the files with most tests first) they were
-            # the last to finish, 30-40 s after the other worker had run out of work.
-            if browser in self.workqueue:
-                self.workqueue.move_to_end(browser, last=False)
+            for scope in reversed(first):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
 
     return FileScheduling(config, log)

@@ -71,9 +71,14 @@ def bootstrap(rank, world_size, backend, host, port, timeout_s, fn, args, queue,
             torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
+        result = fn(*args)
+        # A rank whose fn used no collective must not tear the group down while a peer is
+        # still connecting to it (gloo: "connectFullMesh failed ... closed by peer", seen on
+        # a busy machine once workers started within milliseconds of each other).
+        dist.barrier()
         # A plain pickle (not multiprocessing's, which would share tensor storage through
         # file descriptors that die with this process): the bytes travel on their own.
-        message = ("ok", rank, pickle.dumps(fn(*args)))
+        message = ("ok", rank, pickle.dumps(result))
     except BaseException as err:  # noqa: B036 - everything is reported, then the process ends
         message = ("error", rank, f"{type(err).__name__}: {err}", traceback.format_exc())
     queue.put(message)
