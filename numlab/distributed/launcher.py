@@ -128,8 +128,9 @@ def _context():
 
     A fork server (Linux, macOS) is a process that imports torch and :data:`PRELOAD` once and
     forks a worker per request: after the first launch, a worker starts in milliseconds
-    instead of importing torch for 2-3 s. It has run no torch code, so forking it is safe
-    (no threads, no CUDA), and it exits with the process that started it. Elsewhere, spawn.
+    instead of importing torch for 2-3 s. It has only imported, never computed (no OpenMP
+    pool, no CUDA context), so forking it is safe, and it ends with the process that started
+    it. Elsewhere (Windows), spawn.
     """
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
