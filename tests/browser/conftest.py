@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from .pages import OFFLINE_ARGS, record_external
+from .pages import OFFLINE_ARGS, record_external, screenshot_failure
 from .servers import ROOT, notebooks, start_lab, temp_home
 
 HOW_TO_GET_CHROMIUM = (
@@ -88,12 +88,7 @@ def browser_page(chromium, request, tmp_path):
     page = chromium.new_page()
     yield page
     if getattr(request.node, "browser_call_failed", False):
-        shot = tmp_path / "failure.png"
-        try:
-            page.screenshot(path=shot, full_page=True)
-            print(f"page at the failure: {shot}")
-        except Exception as err:  # the page may be gone; the failure itself is reported
-            print(f"no screenshot of the failed page: {err}")
+        screenshot_failure(page, tmp_path)
     page.close()
 
 

@@ -79,6 +79,16 @@ def wait_settled(img, timeout_ms: float) -> str:
         src = now
 
 
+def screenshot_failure(page, folder: pathlib.Path) -> None:
+    """Save the whole page as ``folder/failure.png`` for diagnosis, and say where."""
+    shot = folder / "failure.png"
+    try:
+        page.screenshot(path=shot, full_page=True)
+        print(f"page at the failure: {shot}")
+    except Exception as err:  # the page may be gone; the failure itself is reported
+        print(f"no screenshot of the failed page: {err}")
+
+
 def error_texts(page) -> list[str]:
     """Error and stderr outputs shown anywhere on the page (tracebacks render as stderr)."""
     return [t.strip()[:1500] for t in page.locator(STDERR).all_inner_texts()]

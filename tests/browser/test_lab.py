@@ -22,6 +22,7 @@ from .pages import (
     change_and_compare,
     error_texts,
     focus_ring,
+    screenshot_failure,
     wait_image_loaded,
     widget_failures,
 )
@@ -159,12 +160,7 @@ def lab_page(lab_tab, lab, chromium, request, tmp_path):
     page = lab_tab["page"]
     yield page
     if getattr(request.node, "browser_call_failed", False):
-        shot = tmp_path / "failure.png"
-        try:
-            page.screenshot(path=shot, full_page=True)
-            print(f"page at the failure: {shot}")
-        except Exception as err:  # the page may be gone; the failure itself is reported
-            print(f"no screenshot of the failed page: {err}")
+        screenshot_failure(page, tmp_path)
         page.close()
         lab_tab["page"] = None
     else:
