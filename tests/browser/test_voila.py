@@ -75,7 +75,7 @@ def stop_later():
     pool, stopping = ThreadPoolExecutor(max_workers=2), []
     yield lambda name, server: stopping.append((name, pool.submit(server.stop)))
     pool.shutdown(wait=True)
-    survivors = {name: f.result() for name, f in stopping if f.result()}
+    survivors = {name: left for name, f in stopping if (left := f.result())}
     assert not survivors, f"Voila processes still running after stop: {survivors}"
 
 
