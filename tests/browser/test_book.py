@@ -70,7 +70,14 @@ def _visit(page, url: str) -> tuple[dict, list[str]]:
     page.on("pageerror", on_error)
     try:
         page.goto(url, wait_until="load")
-        page.wait_for_load_state("networkidle")
+        # The page's own scripts settle; the images the checks read are waited for below.
+        # (On a busy machine "networkidle" once never came within 30 s on a page that had
+        # fully loaded: a static server's request stalled, which is no fault of the book.)
+        try:
+            page.wait_for_load_state("networkidle", timeout=10_000)
+        except Exception:  # playwright's TimeoutError
+            print(f"{url}: the network was still busy after 10 s; checking the page as it is")
+        page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=30_000)
         return page.evaluate(_PAGE_FACTS), errors
     finally:
         page.remove_listener("console", on_console)
