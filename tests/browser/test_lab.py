@@ -32,17 +32,20 @@ pytestmark = pytest.mark.browser
 
 NOTEBOOKS = notebooks()
 LAPTOP = {"width": 1366, "height": 768 - 110}  # 1366x768 less the browser's tab and address bars
-FITS_JS = """() => {
+# Every explorer (controls, figure, status) that does not fit in the notebook panel, with its
+# size and its parts' heights top to bottom; an empty list when all fit.
+MISFITS_JS = """() => {
   const panel = document.querySelector(".jp-NotebookPanel-notebook").getBoundingClientRect();
-  return [...document.querySelectorAll(".numlab-explorer")].every(e => {
+  const parts = (e) => [...e.children].map(c =>
+    `${c.className.split(" ").filter(n => n.startsWith("widget-") || n.startsWith("numlab-")).join(".")
+     || c.tagName} ${Math.round(c.getBoundingClientRect().height)} px`).join(", ");
+  return [...document.querySelectorAll(".numlab-explorer")].flatMap((e, index) => {
     const box = e.getBoundingClientRect();
-    return box.height <= panel.height && box.width <= panel.width + 1;
+    if (box.height <= panel.height && box.width <= panel.width + 1) return [];
+    return [`explorer ${index}: ${Math.round(box.width)}x${Math.round(box.height)} px in a ` +
+            `${Math.round(panel.width)}x${Math.round(panel.height)} panel (${parts(e)})`];
   });
 }"""
-# An explorer's parts, top to bottom, for the message when one does not fit.
-PART_HEIGHTS_JS = """(el) => [...el.children].map(c =>
-  `${c.className.split(" ").filter(n => n.startsWith("widget-") || n.startsWith("numlab-")).join(".")
-   || c.tagName} ${Math.round(c.getBoundingClientRect().height)} px`).join(", ")"""
 # window.jupyterapp (--LabApp.expose_app_in_browser): open a notebook in the loaded tab, and
 # close every document without the "save changes?" dialog (autosave is off in the tests).
 APP_READY_JS = "() => window.jupyterapp?.shell?.isAttached && !!document.querySelector('.jp-LabShell')"
@@ -227,18 +230,11 @@ def test_notebook_in_jupyterlab(notebook, lab, lab_page, screenshot_dir, record_
         # The layout settles (the figures re-render at the new width) in well under a second
         # on a quiet machine; a busy one can take longer, so wait for it, then measure.
         try:
-            page.wait_for_function(FITS_JS, timeout=10_000)
+            page.wait_for_function(f"() => ({MISFITS_JS})().length === 0", timeout=10_000)
         except Exception:
             pass  # reported just below, with the sizes
         page.wait_for_timeout(300)
-        panel = page.locator(".jp-NotebookPanel-notebook").first.bounding_box()
-        too_big = []
-        for index in range(explorers.count()):
-            box = explorers.nth(index).bounding_box()
-            if box["height"] > panel["height"] or box["width"] > panel["width"] + 1:
-                parts = explorers.nth(index).evaluate(PART_HEIGHTS_JS)
-                too_big.append(f"explorer {index}: {box['width']:.0f}x{box['height']:.0f} px in a "
-                               f"{panel['width']:.0f}x{panel['height']:.0f} panel ({parts})")
+        too_big = page.evaluate(MISFITS_JS)
         page.set_viewport_size(desktop)
         page.wait_for_timeout(300)
         assert not too_big, f"{name}: widgets do not fit a 1366x768 laptop screen: {too_big}"

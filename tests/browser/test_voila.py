@@ -31,6 +31,7 @@ from .pages import (
     markdown_cells,
     tab_to,
     wait_image_loaded,
+    wait_settled,
     widget_failures,
 )
 from .servers import NOTEBOOKS as PROJECT_NOTEBOOKS
@@ -157,7 +158,7 @@ def check_keyboard(page, explorers) -> None:
     page.wait_for_function(
         "([img, old]) => img.src !== old && img.complete && img.naturalWidth > 0",
         arg=[img.element_handle(), src], timeout=WIDGET_TIMEOUT_MS)
-    page.wait_for_timeout(500)  # the last of three frames (change_and_compare waits for it)
+    wait_settled(img, WIDGET_TIMEOUT_MS)  # the last of the three frames
     assert image_bytes(img) != before, "ArrowRight x3 moved the slider, not the figure"
 
     page.keyboard.press("PageDown")
